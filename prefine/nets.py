@@ -1,0 +1,108 @@
+"""The networks: encoders (conv, or the seed's MLP), their decoders, and the classifier.
+
+An encoder is rebuilt from a small JSON-able spec, so exported weights (safetensors) carry
+everything needed to load them without pickle.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+EncoderSpec = dict[str, Any]
+
+
+def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ConvEncoder(nn.Module):
+    """Three conv blocks (width, 2*width, 4*width), pooled to a 4*width embedding."""
+
+    def __init__(self, channels: int, width: int) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(
+            _conv_block(channels, width),
+            nn.Sequential(nn.MaxPool2d(2), _conv_block(width, 2 * width)),
+            nn.Sequential(nn.MaxPool2d(2), _conv_block(2 * width, 4 * width)),
+        )
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.dim = 4 * width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.blocks(x))
+
+
+class MLPEncoder(nn.Module):
+    """The seed's autoencoder encoder: pixels -> 256 -> 64 -> 32."""
+
+    def __init__(self, channels: int, image_size: int) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(
+            nn.Sequential(nn.Flatten(), nn.Linear(channels * image_size**2, 256), nn.ReLU()),
+            nn.Sequential(nn.Linear(256, 64), nn.ReLU()),
+            nn.Sequential(nn.Linear(64, 32)),
+        )
+        self.dim = 32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+def encoder_spec(kind: str, channels: int, image_size: int, width: int) -> EncoderSpec:
+    return {"kind": kind, "channels": channels, "image_size": image_size, "width": width}
+
+
+def build_encoder(spec: EncoderSpec) -> ConvEncoder | MLPEncoder:
+    if spec["kind"] == "conv":
+        return ConvEncoder(spec["channels"], spec["width"])
+    if spec["kind"] == "mlp":
+        return MLPEncoder(spec["channels"], spec["image_size"])
+    raise ValueError(f"unknown encoder kind {spec['kind']!r}")
+
+
+def build_decoder(spec: EncoderSpec, dim: int) -> nn.Module:
+    """Mirror of the encoder: embedding -> image in [0, 1] (sigmoid)."""
+    c, size, w = spec["channels"], spec["image_size"], spec["width"]
+    if spec["kind"] == "mlp":
+        return nn.Sequential(
+            nn.Linear(dim, 64), nn.ReLU(), nn.Linear(64, 256), nn.ReLU(),
+            nn.Linear(256, c * size * size), nn.Sigmoid(), nn.Unflatten(1, (c, size, size)),
+        )
+    s = size // 4
+    return nn.Sequential(
+        nn.Linear(dim, 2 * w * s * s), nn.ReLU(), nn.Unflatten(1, (2 * w, s, s)),
+        nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.BatchNorm2d(w), nn.ReLU(),
+        nn.ConvTranspose2d(w, c, 4, 2, 1), nn.Sigmoid(),
+    )
+
+
+class Classifier(nn.Module):
+    """An encoder and a linear head over its embedding; a frozen encoder stays in eval mode."""
+
+    def __init__(self, encoder: ConvEncoder | MLPEncoder, classes: int, frozen: bool = False) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.dim, classes)
+        self.frozen = frozen
+        encoder.requires_grad_(not frozen)
+
+    def train(self, mode: bool = True) -> "Classifier":
+        super().train(mode)
+        if self.frozen:  # keep the pretrained BatchNorm statistics
+            self.encoder.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, C, H, W] -> float in [0, 1]: the one place pixels are scaled."""
+    return images.float().div_(255.0)

@@ -1,0 +1,78 @@
+"""checkpoint stage: export the pretrained encoder (safetensors) with its model card."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import torch
+
+from prefine import device as devices
+from prefine import fingerprint, weights
+from prefine.atomic import atomic_path
+from prefine.objectives import build_objective
+from prefine.params import Params
+from prefine.probe import embed, knn_accuracy
+from prefine.store import read_split
+from tasks.pretrain import STATE, UNLABELED
+from tasks.stage import run_stage
+
+LABELED = Path("data/labeled")
+ENCODER = Path("models/encoder.safetensors")
+CARD = Path("models/encoder.card.json")
+METRICS = Path("metrics/pretrain.json")
+
+
+def git_commit() -> str | None:
+    """HEAD of the repo we run in (with -dirty when tracked files changed), or None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("-dirty" if dirty.strip() else "")
+
+
+def checkpoint(params: Params) -> dict:
+    state = torch.load(STATE, map_location="cpu", weights_only=True)
+    meta = state["meta"]
+    objective = build_objective(meta["method"], meta["spec"], meta["pretrain"]["noise"])
+    objective.load_state_dict(state["model"])
+    encoder = objective.encoder
+    labeled = read_split(LABELED)
+    device = devices.pick()
+    z = embed(encoder.to(device), labeled.images, device)
+    history = state["history"]
+    metrics = {
+        "method": meta["method"],
+        "epochs": state["epoch"],
+        "final_loss": history[-1]["loss"],
+        "knn_accuracy": knn_accuracy(z, labeled.labels, meta["pretrain"]["knn_k"]),
+        "embedding_dim": encoder.dim,
+    }
+    card = {
+        "name": "encoder",
+        "spec": meta["spec"],
+        "pretraining": {"method": meta["method"], "seed": meta["seed"], "params": meta["pretrain"]},
+        "metrics": metrics,
+        "lineage": {
+            "git_commit": git_commit(),
+            "data": {
+                split: fingerprint.file_sha256(folder / "manifest.parquet")
+                for split, folder in (("unlabeled", UNLABELED), ("labeled", LABELED))
+            },
+            "training_state": fingerprint.file_sha256(STATE),
+        },
+        "history": history,
+    }
+    weights.save(ENCODER, encoder, {"spec": meta["spec"], "method": meta["method"]})
+    for path, body in ((CARD, card), (METRICS, metrics)):
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(body, indent=2) + "\n")
+    print(f"checkpoint: {ENCODER} ({meta['method']}, {state['epoch']} epochs), kNN accuracy {metrics['knn_accuracy']:.4f}")
+    return metrics
+
+
+if __name__ == "__main__":
+    run_stage("checkpoint", checkpoint)

@@ -1,0 +1,16 @@
+"""DVC stage `ingest`: params.yaml -> data/{unlabeled,labeled,test} + metrics/ingest.json."""
+
+from __future__ import annotations
+
+from prefine.ingest import ingest
+from prefine.params import Params
+from tasks.stage import run_stage
+
+
+def _body(params: Params) -> None:
+    for key, value in ingest(params).items():
+        print(f"{key:<24}{value:>8}")
+
+
+if __name__ == "__main__":
+    run_stage("ingest", _body)

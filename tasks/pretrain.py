@@ -1,0 +1,52 @@
+"""pretrain stage: train the encoder without labels on data/unlabeled; resumable per epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from prefine import device as devices
+from prefine import fingerprint
+from prefine.logbook import EpochLog
+from prefine.nets import encoder_spec
+from prefine.objectives import build_objective
+from prefine.params import Params
+from prefine.store import read_split
+from prefine.training import Run, fit
+from tasks.stage import run_stage
+
+UNLABELED = Path("data/unlabeled")
+STATE = Path("models/pretrain/state.pt")
+PLOTS = Path("plots/pretrain")
+
+
+def pretrain(params: Params, unlabeled: Path = UNLABELED, state_file: Path = STATE, plots: Path = PLOTS) -> list[dict]:
+    p = params.pretrain
+    data = read_split(unlabeled)
+    channels, size = data.images.shape[1], data.images.shape[2]
+    spec = encoder_spec(p.encoder, channels, size, p.width)
+    torch.manual_seed(params.seed)
+    device = devices.pick()
+    model = build_objective(p.method, spec, p.noise).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    run = Run(
+        tensors=[data.images],
+        epochs=p.epochs,
+        batch_size=min(p.batch_size, len(data)),
+        seed=params.seed,
+        fingerprint=fingerprint.of(params.seed, p.model_dump(), spec, fingerprint.file_sha256(unlabeled / "manifest.parquet")),
+        state_file=state_file,
+        desc="pretrain",
+        meta={"spec": spec, "method": p.method, "seed": params.seed, "pretrain": p.model_dump()},
+    )
+    print(f"pretrain: {p.method} with a {p.encoder} encoder on {len(data)} images, device {device}", flush=True)
+    log = EpochLog(plots)
+    try:
+        return fit(model, optimizer, lambda batch, gen: model.loss(batch[0], gen), run, device, log)
+    finally:
+        log.close()
+
+
+if __name__ == "__main__":
+    run_stage("pretrain", pretrain)

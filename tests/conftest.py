@@ -1,0 +1,65 @@
+"""Shared fixtures: small real datasets and writers for the file formats the pipeline reads."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """An unsigned-byte IDX file (gzip when the name ends in .gz), header from the array shape."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        d.to_bytes(4, "big") for d in array.shape
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as stream:
+        stream.write(header + array.tobytes())
+
+
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    """A PNG (or JPEG, by suffix) from uint8 [H, W] or [H, W, 3] pixels."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(path)
+
+
+@pytest.fixture(scope="session")
+def write_idx() -> Callable[[Path, np.ndarray], None]:
+    return _write_idx
+
+
+@pytest.fixture(scope="session")
+def write_png() -> Callable[[Path, np.ndarray], None]:
+    return _write_png
+
+
+def _read_idx_head(file: Path, ndim: int, count: int) -> np.ndarray:
+    """The first `count` records of a real IDX file, without decompressing the rest."""
+    header = 4 + 4 * ndim
+    with gzip.open(file, "rb") as stream:
+        head = stream.read(header)
+        dims = [int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+        record = int(np.prod(dims[1:]))
+        body = stream.read(count * record)
+    return np.frombuffer(body, np.uint8).reshape([count, *dims[1:]])
+
+
+@pytest.fixture(scope="session")
+def fmnist_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the four Fashion-MNIST IDX .gz files cut to 1200 train / 300 test images."""
+    if not FASHION_MNIST.is_dir():
+        pytest.fail(f"{FASHION_MNIST} missing: apt-get install -y dataset-fashion-mnist (bin/setup does)")
+    folder = tmp_path_factory.mktemp("fashion-mnist")
+    for prefix, count in (("train", 1200), ("t10k", 300)):
+        for kind, ndim in (("images-idx3", 3), ("labels-idx1", 1)):
+            name = f"{prefix}-{kind}-ubyte.gz"
+            _write_idx(folder / name, _read_idx_head(FASHION_MNIST / name, ndim, count))
+    return folder
