@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -19,6 +20,15 @@ from tasks.stage import run_stage
 UNLABELED = Path("data/unlabeled")
 STATE = Path("models/pretrain/state.pt")
 PLOTS = Path("plots/pretrain")
+
+
+def fail_once_for_tests(record: dict) -> None:
+    """Test-only switch: with PREFINE_FAIL_ONCE=<marker file>, crash once after the first epoch
+    (creating the marker), so retries and resuming can be tested for real."""
+    marker = os.environ.get("PREFINE_FAIL_ONCE")
+    if marker and record["epoch"] == 1 and not Path(marker).exists():
+        Path(marker).touch()
+        raise RuntimeError(f"injected failure after epoch 1 (PREFINE_FAIL_ONCE={marker})")
 
 
 def pretrain(params: Params, unlabeled: Path = UNLABELED, state_file: Path = STATE, plots: Path = PLOTS) -> list[dict]:
@@ -42,8 +52,13 @@ def pretrain(params: Params, unlabeled: Path = UNLABELED, state_file: Path = STA
     )
     print(f"pretrain: {p.method} with a {p.encoder} encoder on {len(data)} images, device {device}", flush=True)
     log = EpochLog(plots)
+
+    def on_epoch(record: dict) -> None:
+        log(record)
+        fail_once_for_tests(record)
+
     try:
-        return fit(model, optimizer, lambda batch, gen: model.loss(batch[0], gen), run, device, log)
+        return fit(model, optimizer, lambda batch, gen: model.loss(batch[0], gen), run, device, on_epoch)
     finally:
         log.close()
 
