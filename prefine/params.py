@@ -60,12 +60,24 @@ class FinetuneParams(_Section):
     flip: bool = True
 
 
+class RegistryParams(_Section):
+    """The model registry's promotion gate and publishing (read by flows/, not by any DVC stage)."""
+
+    metric: Literal["accuracy", "macro_f1"] = "accuracy"  # of the pretrained classifier on data/test
+    margin: float = Field(0.005, ge=0.0)  # a new version must beat prod by at least this to be promoted
+    commit: bool = True  # commit dvc.lock, params and metrics so the version has a commit of its own
+    push: bool = True  # `dvc push` the version's files to `remote`
+    remote: str = "prefine"  # DVC remote name; added (to .dvc/config.local) when it doesn't exist
+    remote_url: str = "../prefine-storage"  # the folder used when `remote` has to be added
+
+
 class Params(_Section):
     profile: str = "default"
     seed: int = Field(0, ge=0)
     ingest: IngestParams = IngestParams()
     pretrain: PretrainParams = PretrainParams()
     finetune: FinetuneParams = FinetuneParams()
+    registry: RegistryParams = RegistryParams()
     profiles: dict[str, dict[str, dict[str, Any]]] = {}
 
 

@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from prefine import finetuning, weights
+from prefine.augment import random_hflip, random_shift
+from prefine.nets import build_encoder, encoder_spec
+from prefine.params import FinetuneParams
+from prefine.store import ImageSet
+
+SPEC = encoder_spec("conv", 1, 16, 4)
+
+
+def labeled(n_per_class: int = 8) -> ImageSet:
+    """Two classes that differ in brightness: learnable in a few steps."""
+    gen = torch.Generator().manual_seed(0)
+    dark = torch.randint(0, 60, (n_per_class, 1, 16, 16), generator=gen)
+    light = torch.randint(180, 256, (n_per_class, 1, 16, 16), generator=gen)
+    images = torch.cat([dark, light]).to(torch.uint8)
+    return ImageSet(images, torch.tensor([0] * n_per_class + [1] * n_per_class), ["dark", "light"])
+
+
+def test_shift_moves_content_and_keeps_shape():
+    x = torch.zeros(64, 1, 8, 8)
+    x[:, :, 4, 4] = 1.0
+    out = random_shift(x, 2, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and torch.all(out.sum(dim=(1, 2, 3)) == 1.0)
+    positions = {tuple(torch.nonzero(img[0])[0].tolist()) for img in out}
+    assert len(positions) > 5 and all(2 <= r <= 6 and 2 <= c <= 6 for r, c in positions)
+
+
+def test_flip_mirrors_about_half_the_batch():
+    x = torch.arange(8.0).repeat(200, 1, 8, 1)
+    out = random_hflip(x, torch.Generator().manual_seed(0))
+    flipped = (out[:, 0, 0, 0] == 7.0).sum().item()
+    assert 60 < flipped < 140 and torch.equal(out[out[:, 0, 0, 0] == 7.0], x[:1].flip(3).expand(flipped, -1, -1, -1))
+
+
+def test_linear_probe_keeps_the_encoder_and_its_batchnorm_statistics():
+    torch.manual_seed(0)
+    encoder = build_encoder(SPEC)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    model = finetuning.build(encoder, 2, "linear")
+    finetuning.train(model, labeled(), FinetuneParams(steps=20, batch_size=8), "linear", 0, torch.device("cpu"))
+    for key, value in model.encoder.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize("strategy", ["full", "scratch"])
+def test_full_and_scratch_learn_a_separable_task(strategy):
+    torch.manual_seed(0)
+    model = finetuning.build(build_encoder(SPEC), 2, strategy)
+    data = labeled()
+    history = finetuning.train(model, data, FinetuneParams(steps=40, batch_size=8, lr=0.01), strategy, 0, torch.device("cpu"))
+    assert history[-1]["loss"] < history[0]["loss"]
+    model.eval()
+    assert (model(data.images.float() / 255).argmax(1) == data.labels).float().mean() == 1.0
+
+
+def test_full_gives_the_encoder_the_scaled_learning_rate():
+    model = finetuning.build(build_encoder(SPEC), 2, "full")
+    groups = finetuning.optimizer_for(model, FinetuneParams(lr=0.01, encoder_lr_scale=0.1), "full").param_groups
+    assert [g["lr"] for g in groups] == pytest.approx([0.01, 0.001])
+
+
+def test_budget_is_counted_in_steps():
+    assert finetuning.epochs_for(100, FinetuneParams(steps=600, batch_size=64)) == 600
+    assert finetuning.epochs_for(1000, FinetuneParams(steps=600, batch_size=64)) == 40
+
+
+def test_classifier_weights_round_trip_through_safetensors(tmp_path):
+    model = finetuning.build(build_encoder(SPEC), 2, "full")
+    weights.save(tmp_path / "c.safetensors", model, {"spec": SPEC, "classes": ["dark", "light"]})
+    back, meta = weights.load_classifier(tmp_path / "c.safetensors")
+    assert meta["classes"] == ["dark", "light"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, back.state_dict()[key])
