@@ -23,7 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from prefect_fixtures import dvc, make_project  # noqa: E402
+from projects import dvc, make_project  # noqa: E402
 
 
 def _lock(path: Path) -> tuple[dict, dict]:

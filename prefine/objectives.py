@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prefine.augment import two_views
 from prefine.nets import EncoderSpec, build_decoder, build_encoder, to_float
 
 
@@ -36,10 +37,39 @@ class Autoencoder(nn.Module):
         return F.mse_loss(self.decoder(self.encoder(x)).float(), clean)
 
 
-def build_objective(method: str, spec: EncoderSpec, noise: float) -> Autoencoder:
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent over 2N projections [N, D] x 2: each view's positive is the other view of its
+    image, the 2N - 2 other views are its negatives."""
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    n = len(z1)
+    logits = z @ z.T / temperature
+    logits.fill_diagonal_(float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(logits, targets)
+
+
+class SimCLR(nn.Module):
+    """Contrastive: two augmented views of an image should embed closer than any other image."""
+
+    def __init__(self, spec: EncoderSpec, temperature: float = 0.5, projection: int = 64) -> None:
+        super().__init__()
+        self.encoder = build_encoder(spec)
+        dim = self.encoder.dim
+        self.projector = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, projection))
+        self.temperature = temperature
+
+    def loss(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        v1, v2 = two_views(to_float(images), generator)
+        z = self.projector(self.encoder(torch.cat([v1, v2])))
+        return nt_xent(*z.chunk(2), self.temperature)
+
+
+def build_objective(method: str, spec: EncoderSpec, noise: float, temperature: float = 0.5) -> nn.Module:
     """The objective named by pretrain.method."""
     if method == "autoencoder":
         return Autoencoder(spec)
     if method == "denoising":
         return Autoencoder(spec, noise=noise)
+    if method == "simclr":
+        return SimCLR(spec, temperature)
     raise ValueError(f"unknown pretrain.method {method!r}")

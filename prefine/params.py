@@ -37,24 +37,25 @@ class IngestParams(_Section):
 
 
 class PretrainParams(_Section):
-    method: Literal["autoencoder", "denoising"] = "autoencoder"
+    method: Literal["autoencoder", "denoising", "simclr"] = "autoencoder"
     encoder: Literal["conv", "mlp"] = "conv"
     width: int = Field(32, ge=4, le=512)
-    epochs: int = Field(4, ge=1)
+    epochs: int = Field(3, ge=1)
     batch_size: int = Field(256, ge=2)
     lr: float = Field(0.002, gt=0.0, le=1.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     noise: float = Field(0.3, ge=0.0, le=1.0)
+    temperature: float = Field(0.5, gt=0.0, le=10.0)
     knn_k: int = Field(10, ge=1)
 
 
 class FinetuneParams(_Section):
     labels_per_class: int = Field(100, ge=1)
     strategy: Literal["linear", "full"] = "full"
-    steps: int = Field(600, ge=1)
+    steps: int = Field(1000, ge=1)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(0.003, gt=0.0, le=1.0)
-    encoder_lr_scale: float = Field(0.1, ge=0.0, le=1.0)
+    encoder_lr_scale: float = Field(1.0, ge=0.0, le=1.0)
     weight_decay: float = Field(5e-4, ge=0.0)
     shift: int = Field(2, ge=0, le=8)
     flip: bool = True

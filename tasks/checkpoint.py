@@ -37,7 +37,7 @@ def git_commit() -> str | None:
 def checkpoint(params: Params) -> dict:
     state = torch.load(STATE, map_location="cpu", weights_only=True)
     meta = state["meta"]
-    objective = build_objective(meta["method"], meta["spec"], meta["pretrain"]["noise"])
+    objective = build_objective(meta["method"], meta["spec"], meta["pretrain"]["noise"], meta["pretrain"]["temperature"])
     objective.load_state_dict(state["model"])
     encoder = objective.encoder
     labeled = read_split(LABELED)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from prefine import finetuning, weights
-from prefine.augment import random_hflip, random_shift
+from prefine.augment import random_brightness_contrast, random_hflip, random_resized_crop, random_shift, two_views
 from prefine.nets import build_encoder, encoder_spec
 from prefine.params import FinetuneParams
 from prefine.store import ImageSet
@@ -33,6 +33,28 @@ def test_flip_mirrors_about_half_the_batch():
     out = random_hflip(x, torch.Generator().manual_seed(0))
     flipped = (out[:, 0, 0, 0] == 7.0).sum().item()
     assert 60 < flipped < 140 and torch.equal(out[out[:, 0, 0, 0] == 7.0], x[:1].flip(3).expand(flipped, -1, -1, -1))
+
+
+def test_crop_resize_zooms_each_image_by_its_own_amount():
+    x = torch.zeros(32, 1, 16, 16)
+    x[:, :, 6:10, 6:10] = 1.0  # a centred square
+    out = random_resized_crop(x, (0.25, 1.0), torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    sizes = (out > 0.5).sum(dim=(1, 2, 3))
+    assert sizes.max() > 16 and len(set(sizes.tolist())) > 3  # zoomed in, by differing amounts
+
+
+def test_brightness_contrast_stays_in_range_and_varies_per_image():
+    x = torch.rand(16, 1, 8, 8)
+    out = random_brightness_contrast(x, 0.4, torch.Generator().manual_seed(0))
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert len(set((out - x).mean(dim=(1, 2, 3)).round(decimals=4).tolist())) > 8
+
+
+def test_two_views_differ_from_each_other():
+    x = torch.rand(8, 1, 16, 16)
+    a, b = two_views(x, torch.Generator().manual_seed(0))
+    assert a.shape == b.shape == x.shape and not torch.allclose(a, b)
 
 
 def test_linear_probe_keeps_the_encoder_and_its_batchnorm_statistics():

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from prefine.nets import build_encoder, encoder_spec
-from prefine.objectives import build_objective
+from prefine.objectives import build_objective, nt_xent
 
 
 @pytest.mark.parametrize("kind", ["conv", "mlp"])
@@ -17,7 +17,7 @@ def test_mlp_encoder_is_the_seeds_784_256_64_32():
     assert sizes == [(784, 256), (256, 64), (64, 32)]
 
 
-@pytest.mark.parametrize("method", ["autoencoder", "denoising"])
+@pytest.mark.parametrize("method", ["autoencoder", "denoising", "simclr"])
 @pytest.mark.parametrize("kind", ["conv", "mlp"])
 def test_loss_falls_on_a_tiny_batch(method, kind):
     torch.manual_seed(0)
@@ -44,3 +44,10 @@ def test_denoising_corrupts_the_input_but_not_the_target():
     noisy.load_state_dict(plain.state_dict())
     gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731
     assert plain.loss(images, gen()) != noisy.loss(images, gen())
+
+
+def test_nt_xent_is_low_when_views_agree_and_high_when_they_do_not():
+    z = torch.nn.functional.one_hot(torch.arange(8), 16).float()
+    agree = nt_xent(z, z, temperature=0.1)
+    shuffled = nt_xent(z, z.roll(1, dims=0), temperature=0.1)
+    assert agree < 0.01 < 5.0 < shuffled

@@ -1,0 +1,157 @@
+"""`prefine`: the common moves. Flows are imported inside their commands, so `prefine` itself
+(and the package) never imports Prefect; a stage failure exits 10 + the stage's index."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+from rich.table import Table
+
+from prefine import registry as reg
+from prefine.errors import PrefineError
+
+app = typer.Typer(help="Prefine: pretrain, fine-tune, register. DVC runs the stages; Prefect orchestrates.")
+registry_app = typer.Typer(help="The model registry (GTO): versions, prod, rollback.")
+app.add_typer(registry_app, name="registry")
+console = Console()
+
+Repo = Annotated[Path, typer.Option("--repo", "-r", help="The project (DVC + git) folder.")]
+Profile = Annotated[Optional[str], typer.Option(help="params profile: default | quick | full.")]
+Overrides = Annotated[Optional[list[str]], typer.Option("--set", "-S", help="key.path=value, like `dvc exp run -S`.")]
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(repo: Repo = Path("."), profile: Profile = None, set_: Overrides = None) -> None:
+    """`dvc repro` the whole pipeline (no Prefect), with a progress bar per stage."""
+    from flows.dvc import run_dvc
+    from flows.overrides import apply
+
+    try:
+        apply(repo, profile, set_)
+    except PrefineError as exc:
+        _fail(str(exc), 2)
+    stages = list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("dvc repro", total=len(stages))
+        started: set[str] = set()
+
+        def on_line(line: str) -> None:
+            progress.console.print(line, markup=False, highlight=False)
+            for stage in stages:
+                if f"stage '{stage}'" in line.lower() and stage not in started:
+                    started.add(stage)
+                    progress.update(bar, description=stage, completed=len(started) - 1)
+
+        result = run_dvc(repo, ["repro"], on_line)
+        if result.returncode == 0:
+            progress.update(bar, description="done", completed=len(stages))
+    raise typer.Exit(result.returncode)
+
+
+def _run_flow(call) -> dict:
+    """Run a flow; map failures to exit codes: 10 + stage index, 2 for a params/registry problem."""
+    from flows.stages import STAGES, StageFailed
+
+    try:
+        return call()
+    except StageFailed as exc:
+        _fail(str(exc), 10 + STAGES.index(exc.stage))
+    except PrefineError as exc:
+        _fail(str(exc), 2)
+
+
+@app.command()
+def flow(
+    repo: Repo = Path("."),
+    profile: Profile = None,
+    set_: Overrides = None,
+    register: Annotated[bool, typer.Option(help="Register the result through the promotion gate.")] = True,
+    retries: Annotated[int, typer.Option(help="Retries of the training stages.")] = 2,
+    retry_delay: Annotated[float, typer.Option(help="Seconds between retries.")] = 5.0,
+    retry_jitter: Annotated[float, typer.Option(help="Random extra delay, as a fraction of it.")] = 0.5,
+) -> None:
+    """Run the `training` Prefect flow (stages through DVC, then register)."""
+    from flows.training import training
+
+    summary = _run_flow(lambda: training(
+        repo=str(repo), profile=profile, overrides=set_, register_model=register,
+        retries=retries, retry_delay=retry_delay, retry_jitter=retry_jitter,
+    ))
+    console.print(summary)
+
+
+@app.command()
+def retrain(repo: Repo = Path(".")) -> None:
+    """Run the `retrain` flow once: train and register only if the data changed."""
+    from flows.retrain import retrain as retrain_flow
+
+    console.print(_run_flow(lambda: retrain_flow(repo=str(repo))))
+
+
+@app.command()
+def serve(
+    repo: Repo = Path("."),
+    cron: Annotated[str, typer.Option(help="Retraining schedule (cron, server time zone).")] = "0 3 * * *",
+    name: Annotated[str, typer.Option(help="Deployment name.")] = "prefine-retrain",
+) -> None:
+    """Serve the scheduled `retrain` deployment (needs a Prefect server: `prefect server start`)."""
+    from flows.deploy import serve as serve_deployment
+
+    serve_deployment(str(repo), cron, name)
+
+
+def _score(version: reg.Version, key: str, section: str = "pretrained") -> str:
+    value = (version.metrics.get(section) or {}).get(key)
+    return "-" if value is None else f"{value:.4f}"
+
+
+@registry_app.command("list")
+def list_versions(repo: Repo = Path(".")) -> None:
+    """Every classifier version with its test metrics; the prod one is marked."""
+    current = reg.prod(repo)
+    table = Table("version", "stage", "accuracy", "macro-F1", "gain over scratch", "commit", "created", "note")
+    for v in reg.versions(repo):
+        stage = "prod" if current and current.version == v.version else ""
+        table.add_row(v.version, stage, _score(v, "accuracy"), _score(v, "macro_f1"),
+                      _score(v, "accuracy", "gain_over_scratch"), v.commit[:8], v.created_at[:19], v.message)
+    console.print(table)
+
+
+@registry_app.command()
+def show(repo: Repo = Path(".")) -> None:
+    """The classifier version in prod."""
+    current = reg.prod(repo)
+    if current is None:
+        _fail("no version is in prod yet", 1)
+    console.print(f"prod: {reg.CLASSIFIER} {current.version} (commit {current.commit[:8]}), "
+                  f"accuracy {_score(current, 'accuracy')}, macro-F1 {_score(current, 'macro_f1')}")
+    console.print(current.message, markup=False)
+
+
+@registry_app.command()
+def rollback(
+    repo: Repo = Path("."),
+    to: Annotated[Optional[str], typer.Option(help="Version to put in prod (default: the previous prod).")] = None,
+) -> None:
+    """Put an earlier version back in prod."""
+    try:
+        target = reg.rollback(repo, to)
+    except PrefineError as exc:
+        _fail(str(exc), 1)
+    console.print(f"prod is now {reg.CLASSIFIER} {target.version} (commit {target.commit[:8]})")
+
+
+if __name__ == "__main__":
+    sys.exit(app())

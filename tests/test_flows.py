@@ -1,0 +1,184 @@
+"""The Prefect flows against a real Prefect server, real DVC and real git.
+
+One project per module, trained once (by two concurrent flow runs, one of them crashing once);
+the tests then run in file order on it, each leaving it up to date for the next. The promotion
+gate's outcomes (worse, better, rollback) are covered on fabricated runs in test_registry.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from itertools import combinations
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+import yaml
+from prefect import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+    LogFilterTaskRunId,
+    TaskRunFilter,
+    TaskRunFilterTags,
+)
+from prefect.client.schemas.objects import StateType
+from prefect_fixtures import TEST_PARAMS, dvc, git, make_project, prefect_server  # noqa: F401
+
+from flows.retrain import retrain
+from flows.training import training
+from prefine import registry
+from prefine.params import RegistryParams
+
+PREFINE = [sys.executable, "-m", "prefine.cli"]
+
+
+@pytest.fixture(scope="module")
+def project(prefect_server: str, fmnist_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("flows")
+    watched = base / "incoming"
+    shutil.copytree(fmnist_slice, watched)
+    return make_project(base / "project", watched, TEST_PARAMS)
+
+
+def _task_runs(flow_run_ids: list[UUID], gpu_only: bool = False) -> list:
+    tags = TaskRunFilter(tags=TaskRunFilterTags(all_=["gpu"])) if gpu_only else None
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)), task_run_filter=tags
+        )
+
+
+def _logs(task_runs: list[UUID] | None = None, flow_run: UUID | None = None) -> str:
+    where = LogFilter(task_run_id=LogFilterTaskRunId(any_=task_runs)) if task_runs else LogFilter(
+        flow_run_id=LogFilterFlowRunId(any_=[flow_run]))
+    with get_client(sync_client=True) as client:
+        return "\n".join(log.message for log in client.read_logs(where))
+
+
+def _wait(predicate, timeout: float, what: str):
+    """Poll until `predicate()` is truthy (logs reach the server in batches, runs take time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := predicate():
+            return result
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _flow_run_id(state) -> UUID:
+    return state.state_details.flow_run_id
+
+
+@pytest.fixture(scope="module")
+def first_training(project: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The project's first training: two `prefine flow` runs at once, with a one-time crash of
+    pretraining after epoch 1 injected (PREFINE_FAIL_ONCE) into whichever trains."""
+    marker = tmp_path_factory.mktemp("fail-once") / "crashed"
+    env = {**os.environ, "PREFINE_FAIL_ONCE": str(marker)}
+    command = [*PREFINE, "flow", "--repo", str(project), "--retries", "1", "--retry-delay", "0", "--retry-jitter", "0"]
+    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in range(2)]
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    with get_client(sync_client=True) as client:
+        flow_runs = [f.id for f in client.read_flow_runs() if f.name in "".join(outputs)]
+    assert len(flow_runs) == 2
+    return {"flow_runs": flow_runs, "marker": marker}
+
+
+def test_concurrent_runs_never_share_the_gpu_slot(project: Path, first_training: dict) -> None:
+    """The gpu-tagged tasks of one run never overlap those of the other (limit 1: no GPU here);
+    the second run waits on DVC's lock instead of failing, then finds the stages done."""
+    with get_client(sync_client=True) as client:
+        assert client.read_concurrency_limit_by_tag("gpu").concurrency_limit == 1
+    gpu_runs = _task_runs(first_training["flow_runs"], gpu_only=True)
+    assert {t.name for t in gpu_runs} == {"pretrain", "finetune"} and len(gpu_runs) == 4
+    for a, b in combinations(gpu_runs, 2):
+        if a.flow_run_id != b.flow_run_id:
+            assert a.end_time <= b.start_time or b.end_time <= a.start_time, (a.name, b.name)
+    pretrain_states = sorted(t.state.name for t in gpu_runs if t.name == "pretrain")
+    assert pretrain_states == ["Completed", "Skipped"]  # one trained; the other found it done
+
+    assert registry.prod(project).version == "v0.0.1"  # the first model becomes prod
+    assert any((project.parent / "storage").iterdir())  # dvc push to the local remote
+
+
+def test_transient_pretrain_failure_is_retried_and_resumes(project: Path, first_training: dict) -> None:
+    assert first_training["marker"].exists()  # the crash happened
+    pretrain = [t for t in _task_runs(first_training["flow_runs"]) if t.name == "pretrain"]
+    retried = [t for t in pretrain if t.run_count == 2]
+    assert len(retried) == 1 and retried[0].state.type == StateType.COMPLETED
+    logs = _wait(lambda: (text := _logs([retried[0].id])) and "resuming" in text and text, 10, "the logs")
+    assert "injected failure after epoch 1" in logs and "resuming after epoch 1" in logs
+    assert json.loads((project / "metrics/pretrain.json").read_text())["epochs"] == 2
+
+
+def test_flow_and_dvc_repro_agree_on_dvc_lock(project: Path) -> None:
+    lock = (project / "dvc.lock").read_text()
+    assert git(project, "status", "--porcelain", "dvc.lock", "metrics") == ""  # committed for the version
+    repro = dvc(project, "repro")
+    assert repro.returncode == 0 and "Running stage" not in repro.stdout, repro.stdout
+    assert (project / "dvc.lock").read_text() == lock
+
+
+def test_unchanged_run_skips_every_stage_quickly(project: Path) -> None:
+    started = time.perf_counter()
+    state = training(repo=str(project), return_state=True)
+    elapsed = time.perf_counter() - started
+    summary = state.result()
+    assert set(summary["stages"].values()) == {"Skipped"} and elapsed < 15, (summary, elapsed)
+    assert summary["reason"].startswith("model unchanged")
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[_flow_run_id(state)]))
+        )
+    assert {a.key for a in artifacts} == {"prefine-metrics", "prefine-promotion"}
+
+
+def test_deployment_run_is_picked_up_and_skips_unchanged_data(project: Path) -> None:
+    env = {**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    server = subprocess.Popen([*PREFINE, "serve", "--repo", str(project)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        def deployed() -> bool:
+            with get_client(sync_client=True) as client:
+                try:
+                    return bool(client.read_deployment_by_name("retrain/prefine-retrain"))
+                except Exception:
+                    return False
+
+        _wait(deployed, 90, "the served deployment")
+        triggered = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run", "retrain/prefine-retrain"],
+                                   capture_output=True, text=True, check=True).stdout
+        run_id = UUID(re.search(r"UUID: ([0-9a-f-]{36})", triggered).group(1))
+
+        def finished():
+            with get_client(sync_client=True) as client:
+                run = client.read_flow_run(run_id)
+            return run if run.state.is_final() else None
+
+        run = _wait(finished, 120, "the deployment run")
+        assert run.state.type == StateType.COMPLETED, run.state.message
+        _wait(lambda: "data unchanged" in _logs(flow_run=run_id), 10, "the run's logs")  # shipped in batches
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_retrain_runs_training_when_the_watched_folder_changes(project: Path) -> None:
+    watched = Path(yaml.safe_load((project / "params.yaml").read_text())["ingest"]["path"])
+    (watched / "README.txt").write_text("new drop\n")  # a new file in the watched folder
+    result = retrain(repo=str(project), registry=RegistryParams(push=False))
+    assert result["retrained"] and result["stages"]["ingest"] == "Completed", result
+    assert retrain(repo=str(project), registry=RegistryParams(push=False)) == {"retrained": False}
