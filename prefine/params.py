@@ -37,10 +37,10 @@ class IngestParams(_Section):
 
 
 class PretrainParams(_Section):
-    method: Literal["autoencoder", "denoising", "simclr"] = "autoencoder"
+    method: Literal["autoencoder", "denoising", "simclr"] = "simclr"
     encoder: Literal["conv", "mlp"] = "conv"
     width: int = Field(32, ge=4, le=512)
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(2, ge=1)
     batch_size: int = Field(256, ge=2)
     lr: float = Field(0.002, gt=0.0, le=1.0)
     weight_decay: float = Field(1e-4, ge=0.0)
