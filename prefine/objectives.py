@@ -13,6 +13,7 @@ from torch import nn
 
 from prefine.augment import two_views
 from prefine.nets import EncoderSpec, build_decoder, build_encoder, to_float
+from prefine.params import PretrainParams
 
 
 class Autoencoder(nn.Module):
@@ -64,12 +65,10 @@ class SimCLR(nn.Module):
         return nt_xent(*z.chunk(2), self.temperature)
 
 
-def build_objective(method: str, spec: EncoderSpec, noise: float, temperature: float = 0.5) -> nn.Module:
-    """The objective named by pretrain.method."""
-    if method == "autoencoder":
+def build_objective(spec: EncoderSpec, p: PretrainParams) -> nn.Module:
+    """The objective named by pretrain.method, with its own knobs from the same section."""
+    if p.method == "autoencoder":
         return Autoencoder(spec)
-    if method == "denoising":
-        return Autoencoder(spec, noise=noise)
-    if method == "simclr":
-        return SimCLR(spec, temperature)
-    raise ValueError(f"unknown pretrain.method {method!r}")
+    if p.method == "denoising":
+        return Autoencoder(spec, noise=p.noise)
+    return SimCLR(spec, p.temperature)

@@ -46,6 +46,9 @@ class PretrainParams(_Section):
     weight_decay: float = Field(1e-4, ge=0.0)
     noise: float = Field(0.3, ge=0.0, le=1.0)
     temperature: float = Field(0.5, gt=0.0, le=10.0)
+
+
+class CheckpointParams(_Section):
     knn_k: int = Field(10, ge=1)
 
 
@@ -77,6 +80,7 @@ class Params(_Section):
     seed: int = Field(0, ge=0)
     ingest: IngestParams = IngestParams()
     pretrain: PretrainParams = PretrainParams()
+    checkpoint: CheckpointParams = CheckpointParams()
     finetune: FinetuneParams = FinetuneParams()
     registry: RegistryParams = RegistryParams()
     profiles: dict[str, dict[str, dict[str, Any]]] = {}

@@ -12,7 +12,7 @@ from prefine import device as devices
 from prefine import fingerprint, weights
 from prefine.atomic import atomic_path
 from prefine.objectives import build_objective
-from prefine.params import Params
+from prefine.params import Params, PretrainParams
 from prefine.probe import embed, knn_accuracy
 from prefine.store import read_split
 from tasks.pretrain import STATE, UNLABELED
@@ -37,7 +37,7 @@ def git_commit() -> str | None:
 def checkpoint(params: Params) -> dict:
     state = torch.load(STATE, map_location="cpu", weights_only=True)
     meta = state["meta"]
-    objective = build_objective(meta["method"], meta["spec"], meta["pretrain"]["noise"], meta["pretrain"]["temperature"])
+    objective = build_objective(meta["spec"], PretrainParams(**meta["pretrain"]))
     objective.load_state_dict(state["model"])
     encoder = objective.encoder
     labeled = read_split(LABELED)
@@ -48,7 +48,7 @@ def checkpoint(params: Params) -> dict:
         "method": meta["method"],
         "epochs": state["epoch"],
         "final_loss": history[-1]["loss"],
-        "knn_accuracy": knn_accuracy(z, labeled.labels, meta["pretrain"]["knn_k"]),
+        "knn_accuracy": knn_accuracy(z, labeled.labels, params.checkpoint.knn_k),
         "embedding_dim": encoder.dim,
     }
     card = {

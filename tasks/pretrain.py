@@ -38,7 +38,7 @@ def pretrain(params: Params, unlabeled: Path = UNLABELED, state_file: Path = STA
     spec = encoder_spec(p.encoder, channels, size, p.width)
     torch.manual_seed(params.seed)
     device = devices.pick()
-    model = build_objective(p.method, spec, p.noise, p.temperature).to(device)
+    model = build_objective(spec, p).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     run = Run(
         tensors=[data.images],

@@ -3,6 +3,7 @@ import torch
 
 from prefine.nets import build_encoder, encoder_spec
 from prefine.objectives import build_objective, nt_xent
+from prefine.params import PretrainParams
 
 
 @pytest.mark.parametrize("kind", ["conv", "mlp"])
@@ -24,7 +25,7 @@ def test_mlp_encoder_is_the_seeds_784_256_64_32():
 )
 def test_loss_falls_on_a_tiny_batch(method, kind):
     torch.manual_seed(0)
-    model = build_objective(method, encoder_spec(kind, 1, 16, 8), noise=0.2)
+    model = build_objective(encoder_spec(kind, 1, 16, 8), PretrainParams(method=method, noise=0.2))
     coarse = torch.rand(32, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     images = (torch.nn.functional.interpolate(coarse, size=16, mode="bilinear") * 255).to(torch.uint8)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -43,8 +44,8 @@ def test_loss_falls_on_a_tiny_batch(method, kind):
 def test_denoising_corrupts_the_input_but_not_the_target():
     torch.manual_seed(0)
     images = torch.full((4, 1, 8, 8), 128, dtype=torch.uint8)
-    plain = build_objective("autoencoder", encoder_spec("mlp", 1, 8, 8), noise=0.5)
-    noisy = build_objective("denoising", encoder_spec("mlp", 1, 8, 8), noise=0.5)
+    plain = build_objective(encoder_spec("mlp", 1, 8, 8), PretrainParams(method="autoencoder", noise=0.5))
+    noisy = build_objective(encoder_spec("mlp", 1, 8, 8), PretrainParams(method="denoising", noise=0.5))
     noisy.load_state_dict(plain.state_dict())
     gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731
     assert plain.loss(images, gen()) != noisy.loss(images, gen())

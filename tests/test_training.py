@@ -3,6 +3,7 @@ import torch
 
 from prefine.nets import encoder_spec
 from prefine.objectives import build_objective
+from prefine.params import PretrainParams
 from prefine.training import Run, fit
 
 SPEC = encoder_spec("conv", 1, 16, 4)
@@ -20,7 +21,7 @@ def crash_after_epoch_1(record):
 
 def train(epochs: int, state_file=None, fingerprint="a", on_epoch=None):
     torch.manual_seed(0)
-    model = build_objective("denoising", SPEC, noise=0.3)
+    model = build_objective(SPEC, PretrainParams(method="denoising", noise=0.3))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     run = Run([IMAGES], epochs=epochs, batch_size=16, seed=0, fingerprint=fingerprint, state_file=state_file)
     history = fit(model, optimizer, lambda b, g: model.loss(b[0], g), run, torch.device("cpu"), on_epoch)
@@ -44,7 +45,7 @@ def test_resume_skips_finished_epochs_and_replays_history(tmp_path):
     first, history = train(2, state)
     logged = []
     torch.manual_seed(0)
-    model = build_objective("denoising", SPEC, noise=0.3)
+    model = build_objective(SPEC, PretrainParams(method="denoising", noise=0.3))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     run = Run([IMAGES], epochs=2, batch_size=16, seed=0, fingerprint="a", state_file=state)
     again = fit(model, optimizer, lambda b, g: model.loss(b[0], g), run, torch.device("cpu"), logged.append)
