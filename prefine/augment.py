@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -57,3 +59,74 @@ def two_views(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor
         return random_brightness_contrast(v, 0.4, generator)
 
     return view(), view()
+
+
+def random_erasing(
+    x: torch.Tensor, scale: tuple[float, float], generator: torch.Generator, p: float = 0.5
+) -> torch.Tensor:
+    """Zero a random rectangle (area a `scale` fraction of the image, aspect 1/3..3) in a random
+    `p` of the batch, so the model cannot lean on any one part of the garment (Cutout)."""
+    n, _, h, w = x.shape
+    dev = x.device
+    area = torch.empty(n, device=dev).uniform_(*scale, generator=generator) * (h * w)
+    log_ratio = torch.empty(n, device=dev).uniform_(-math.log(3), math.log(3), generator=generator)
+    # height clamped so that width = area / height also fits: the area stays as drawn
+    eh = (area * log_ratio.exp()).sqrt().maximum(area / w).clamp(max=h)
+    ew = area / eh
+    eh = eh.round().clamp(1, h)
+    ew = ew.round().clamp(1, w)
+    corner = torch.rand(n, 2, generator=generator, device=dev)
+    top = (corner[:, 0] * (h - eh + 1)).floor()
+    left = (corner[:, 1] * (w - ew + 1)).floor()
+    apply = torch.rand(n, generator=generator, device=dev) < p
+    rows = torch.arange(h, device=dev)[None, :]
+    cols = torch.arange(w, device=dev)[None, :]
+    in_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])
+    in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])
+    mask = in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None]
+    return x.masked_fill(mask[:, None], 0.0)
+
+
+def random_gaussian_blur(
+    x: torch.Tensor, sigma: tuple[float, float], generator: torch.Generator, p: float = 0.5
+) -> torch.Tensor:
+    """Blur a random `p` of the batch, each image with its own sigma, so fine texture is not a
+    shortcut. One separable depthwise conv over the whole batch (a kernel per image)."""
+    n, c, h, w = x.shape
+    dev = x.device
+    s = torch.empty(n, device=dev).uniform_(*sigma, generator=generator).clamp_min(1e-3)
+    apply = torch.rand(n, generator=generator, device=dev) < p
+    radius = min(math.ceil(3 * sigma[1]), h - 1, w - 1)
+    t = torch.arange(-radius, radius + 1, device=dev)
+    kernel = torch.exp(-(t[None, :] ** 2) / (2 * s[:, None] ** 2))
+    kernel = (kernel / kernel.sum(1, keepdim=True)).to(x.dtype).repeat_interleave(c, 0)  # [n * c, k]
+    k = 2 * radius + 1
+    y = x.reshape(1, n * c, h, w)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), kernel.view(n * c, 1, k, 1), groups=n * c)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), kernel.view(n * c, 1, 1, k), groups=n * c)
+    return torch.where(apply[:, None, None, None], y.view(n, c, h, w), x)
+
+
+def random_noise(x: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
+    """Add Gaussian noise of a per-image std drawn from [0, std], clipped to [0, 1]."""
+    n = len(x)
+    level = torch.rand(n, 1, 1, 1, generator=generator, device=x.device) * std
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (x + level * noise).clamp(0, 1)
+
+
+def weak_view(x: torch.Tensor, shift: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """The fine-tuning augmentation (and FixMatch's weak view): small shifts, optional flips."""
+    x = random_shift(x, shift, generator)
+    return random_hflip(x, generator) if flip else x
+
+
+def strong_view(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """FixMatch's strong view: crop-resize, flip, brightness/contrast, blur, noise and an erased
+    rectangle (always, as FixMatch's Cutout), so a confident pseudo-label must survive it."""
+    x = random_resized_crop(x, (0.5, 1.0), generator)
+    x = random_hflip(x, generator)
+    x = random_brightness_contrast(x, 0.4, generator)
+    x = random_gaussian_blur(x, (0.1, 1.0), generator, p=0.5)
+    x = random_noise(x, 0.05, generator)
+    return random_erasing(x, (0.02, 0.25), generator, p=1.0)
