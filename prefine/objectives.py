@@ -1,8 +1,9 @@
 """Pretraining objectives: a model that owns the encoder and turns a uint8 batch into a loss.
 
 Each objective is an nn.Module with `.encoder` (what gets exported) and
-`loss(images_uint8, generator) -> scalar`, so the training loop and the export never care which
-method ran.
+`loss(images_uint8, generator) -> scalar` (or `(scalar, {name: scalar})` when it has parts worth
+logging per epoch, as the GAN's two players), so the training loop and the export never care
+which method ran. An objective may set `betas` for its Adam(W).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prefine.augment import two_views
+from prefine.gan import GAN
 from prefine.nets import EncoderSpec, build_decoder, build_encoder, to_float
 from prefine.params import PretrainParams
 
@@ -65,10 +67,50 @@ class SimCLR(nn.Module):
         return nt_xent(*z.chunk(2), self.temperature)
 
 
+def vicreg_loss(
+    z1: torch.Tensor, z2: torch.Tensor, invariance: float = 25.0, variance: float = 25.0, covariance: float = 1.0
+) -> torch.Tensor:
+    """VICReg (Bardes et al. 2022) over two views' expansions [N, D] (N >= 2): mean squared
+    distance between the views, a hinge keeping each dimension's std across the batch at 1 or
+    more, and the squared off-diagonal covariances (per dimension), weighted 25 / 25 / 1."""
+    z1, z2 = z1.float(), z2.float()
+    n, d = z1.shape
+    spread, decorrelation = 0.0, 0.0
+    for z in (z1, z2):
+        z = z - z.mean(dim=0)
+        spread = spread + F.relu(1.0 - torch.sqrt(z.var(dim=0) + 1e-4)).mean() / 2
+        cov = z.T @ z / (n - 1)
+        decorrelation = decorrelation + (cov.pow(2).sum() - cov.diagonal().pow(2).sum()) / d
+    return invariance * F.mse_loss(z1, z2) + variance * spread + covariance * decorrelation
+
+
+class VICReg(nn.Module):
+    """Non-contrastive: two views of an image expand to the same vector, while variance and
+    covariance terms keep the batch from collapsing to one point, so no negatives are needed."""
+
+    def __init__(self, spec: EncoderSpec, expander: int = 512) -> None:
+        super().__init__()
+        self.encoder = build_encoder(spec)
+        self.expander = nn.Sequential(
+            nn.Linear(self.encoder.dim, expander), nn.BatchNorm1d(expander), nn.ReLU(),
+            nn.Linear(expander, expander), nn.BatchNorm1d(expander), nn.ReLU(),
+            nn.Linear(expander, expander),
+        )
+
+    def loss(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        v1, v2 = two_views(to_float(images), generator)
+        z = self.expander(self.encoder(torch.cat([v1, v2])))
+        return vicreg_loss(*z.chunk(2))
+
+
 def build_objective(spec: EncoderSpec, p: PretrainParams) -> nn.Module:
     """The objective named by pretrain.method, with its own knobs from the same section."""
     if p.method == "autoencoder":
         return Autoencoder(spec)
     if p.method == "denoising":
         return Autoencoder(spec, noise=p.noise)
+    if p.method == "gan":
+        return GAN(spec, p.latent)
+    if p.method == "vicreg":
+        return VICReg(spec, p.expander)
     return SimCLR(spec, p.temperature)

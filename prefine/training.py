@@ -19,8 +19,10 @@ from tqdm import tqdm
 from prefine.atomic import atomic_path
 from prefine.device import autocast
 
-# (batch tensors on the device, generator on the device) -> scalar loss
-StepFn = Callable[[Sequence[torch.Tensor], torch.Generator], torch.Tensor]
+# (batch tensors on the device, generator on the device) -> scalar loss, or (loss, {name: scalar})
+# whose values are averaged per epoch into the record beside the loss (e.g. a GAN's two losses)
+StepOutput = torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]
+StepFn = Callable[[Sequence[torch.Tensor], torch.Generator], StepOutput]
 EpochFn = Callable[[dict[str, float]], None]
 
 
@@ -77,21 +79,24 @@ def fit(
         model.train()
         order, aug = epoch_generators(run.seed, epoch, device)
         perm = torch.randperm(n, generator=order)
-        total, seen = 0.0, 0
+        total, seen, parts = 0.0, 0, {}
         bar = tqdm(range(per_epoch), desc=f"{run.desc} {epoch + 1}/{run.epochs}", leave=False, disable=None)
         for b in bar:
             idx = perm[b * run.batch_size : (b + 1) * run.batch_size]
             batch = [t[idx].to(device, non_blocking=True) for t in run.tensors]
             with autocast(device):
-                loss = step(batch, aug)
+                out = step(batch, aug)
+            loss, extras = out if isinstance(out, tuple) else (out, {})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             total += loss.item() * len(idx)
+            for key, value in extras.items():  # summed on the device: no extra sync per step
+                parts[key] = parts.get(key, 0.0) + value.detach().float() * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
-        record = {"epoch": epoch + 1, "loss": total / seen}
+        record = {"epoch": epoch + 1, "loss": total / seen, **{k: v.item() / seen for k, v in parts.items()}}
         run.history.append(record)
         _save(model, optimizer, schedule, run, epoch + 1)
         on_epoch(record)

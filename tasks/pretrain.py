@@ -9,6 +9,7 @@ import torch
 
 from prefine import device as devices
 from prefine import fingerprint
+from prefine.gan import GAN, save_samples
 from prefine.logbook import EpochLog
 from prefine.nets import encoder_spec
 from prefine.objectives import build_objective
@@ -20,6 +21,7 @@ from tasks.stage import run_stage
 UNLABELED = Path("data/unlabeled")
 STATE = Path("models/pretrain/state.pt")
 PLOTS = Path("plots/pretrain")
+SAMPLES = "samples.png"  # gan only: generated images from a fixed z, under PLOTS
 
 
 def fail_once_for_tests(record: dict) -> None:
@@ -39,7 +41,8 @@ def pretrain(params: Params, unlabeled: Path = UNLABELED, state_file: Path = STA
     torch.manual_seed(params.seed)
     device = devices.pick()
     model = build_objective(spec, p).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    betas = getattr(model, "betas", (0.9, 0.999))  # an objective may want its own (the GAN does)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, betas=betas, weight_decay=p.weight_decay)
     run = Run(
         tensors=[data.images],
         epochs=p.epochs,
@@ -58,9 +61,15 @@ def pretrain(params: Params, unlabeled: Path = UNLABELED, state_file: Path = STA
         fail_once_for_tests(record)
 
     try:
-        return fit(model, optimizer, lambda batch, gen: model.loss(batch[0], gen), run, device, on_epoch)
+        history = fit(model, optimizer, lambda batch, gen: model.loss(batch[0], gen), run, device, on_epoch)
     finally:
         log.close()
+    samples = plots / SAMPLES
+    samples.unlink(missing_ok=True)  # never show another method's samples
+    if isinstance(model, GAN):
+        save_samples(model, samples, params.seed)
+        print(f"pretrain: wrote {samples}", flush=True)
+    return history
 
 
 if __name__ == "__main__":

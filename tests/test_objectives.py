@@ -1,8 +1,10 @@
+import copy
+
 import pytest
 import torch
 
 from prefine.nets import build_encoder, encoder_spec
-from prefine.objectives import build_objective, nt_xent
+from prefine.objectives import build_objective, nt_xent, vicreg_loss
 from prefine.params import PretrainParams
 
 
@@ -18,20 +20,30 @@ def test_mlp_encoder_is_the_seeds_784_256_64_32():
     assert sizes == [(784, 256), (256, 64), (64, 32)]
 
 
+def tiny_batch(n: int = 32, size: int = 16) -> torch.Tensor:
+    """Smooth random uint8 images: structure to learn, yet a batch that trains in a second."""
+    coarse = torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    return (torch.nn.functional.interpolate(coarse, size=size, mode="bilinear") * 255).to(torch.uint8)
+
+
 @pytest.mark.parametrize(
     "method,kind",
     # simclr with the 32-dim MLP encoder collapses on this tiny batch: only the conv encoder is claimed
-    [("autoencoder", "conv"), ("autoencoder", "mlp"), ("denoising", "conv"), ("denoising", "mlp"), ("simclr", "conv")],
+    [("autoencoder", "conv"), ("autoencoder", "mlp"), ("denoising", "conv"), ("denoising", "mlp"), ("simclr", "conv"),
+     ("vicreg", "conv"), ("vicreg", "mlp")],
 )
 def test_loss_falls_on_a_tiny_batch(method, kind):
+    # the GAN's sum of two players' losses need not fall: see test_gan_each_player_learns_*
     torch.manual_seed(0)
-    model = build_objective(encoder_spec(kind, 1, 16, 8), PretrainParams(method=method, noise=0.2))
-    coarse = torch.rand(32, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    images = (torch.nn.functional.interpolate(coarse, size=16, mode="bilinear") * 255).to(torch.uint8)
+    # vicreg's expander at twice the batch, as in the pipeline: far wider and 32 images cannot
+    # decorrelate it (rank <= 31), which puts a floor under the covariance term
+    model = build_objective(encoder_spec(kind, 1, 16, 8), PretrainParams(method=method, noise=0.2, expander=64))
+    images = tiny_batch()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
     losses = []
-    for _ in range(100):
+    # vicreg's variance hinge starts high (the expander's outputs have a std near 0.3) and is slow
+    for _ in range(200 if method == "vicreg" else 100):
         loss = model.loss(images, gen)
         optimizer.zero_grad()
         loss.backward()
@@ -56,3 +68,111 @@ def test_nt_xent_is_low_when_views_agree_and_high_when_they_do_not():
     agree = nt_xent(z, z, temperature=0.1)
     shuffled = nt_xent(z, z.roll(1, dims=0), temperature=0.1)
     assert agree < 0.01 < 5.0 < shuffled
+
+
+def test_vicreg_loss_punishes_disagreement_collapse_and_correlation():
+    z = torch.randn(256, 16, generator=torch.Generator().manual_seed(0))
+    good = vicreg_loss(z, z)
+    assert good < 1.0
+    assert vicreg_loss(z, z.roll(1, dims=0)) > good + 10  # the views disagree
+    assert vicreg_loss(0.01 * z, 0.01 * z) > good + 10  # collapsed: std far below 1
+    correlated = z[:, :1].repeat(1, 16)
+    assert vicreg_loss(correlated, correlated) > good + 10
+
+
+def gan(kind: str = "conv", channels: int = 1, size: int = 16):
+    torch.manual_seed(0)
+    return build_objective(encoder_spec(kind, channels, size, 8), PretrainParams(method="gan", latent=16))
+
+
+def discriminator_parameters(model) -> list[torch.nn.Parameter]:
+    return [*model.encoder.parameters(), *model.head.parameters()]
+
+
+@pytest.mark.parametrize("kind,channels,size", [("conv", 1, 16), ("conv", 1, 28), ("conv", 3, 16), ("mlp", 1, 28)])
+def test_gan_samples_are_images_of_the_encoders_input_shape_in_0_1(kind, channels, size):
+    model = gan(kind, channels, size)
+    samples = model.sample(torch.randn(10, model.latent))
+    assert samples.shape == (10, channels, size, size)
+    assert 0.0 <= samples.min() and samples.max() <= 1.0
+    assert model.training  # sampling leaves the mode alone
+
+
+def test_gan_each_loss_reaches_only_its_own_player():
+    """One backward of L_D + L_G equals L_D on D's weights and L_G on G's (simultaneous updates)."""
+    model, images = gan(), tiny_batch(8)
+    loss, _ = model.loss(images, torch.Generator().manual_seed(1))
+    loss.backward()
+    z = torch.randn(8, model.latent, generator=torch.Generator().manual_seed(1))
+    real, fake = images.float() / 255, model.generator(z)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    real_logits, fake_logits = model(torch.cat([real, fake.detach()])).split(8)  # one BatchNorm batch
+    d_loss = bce(real_logits, torch.ones(8)) + bce(fake_logits, torch.zeros(8))
+    g_loss = bce(model(torch.cat([real, fake]))[8:], torch.ones(8))
+    d_params, g_params = discriminator_parameters(model), list(model.generator.parameters())
+    expected = torch.autograd.grad(d_loss, d_params) + torch.autograd.grad(g_loss, g_params)
+    for param, grad in zip(d_params + g_params, expected):
+        assert torch.allclose(param.grad, grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["conv", "mlp"])
+@pytest.mark.parametrize("player", ["discriminator", "generator"])
+def test_gan_each_player_learns_against_a_frozen_opponent(kind, player):
+    """Only `player` steps (the other is frozen); its own loss must fall (G's less: a frozen,
+    random D caps how well it can be fooled)."""
+    model, images = gan(kind), tiny_batch()
+    params = discriminator_parameters(model) if player == "discriminator" else list(model.generator.parameters())
+    optimizer = torch.optim.Adam(params, lr=1e-3, betas=model.betas)
+    gen, key = torch.Generator().manual_seed(0), "d_loss" if player == "discriminator" else "g_loss"
+    losses = []
+    for _ in range(40):
+        loss, parts = model.loss(images, gen)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(parts[key].item())
+    assert sum(losses[-5:]) / 5 < (0.7 if player == "discriminator" else 0.9) * sum(losses[:5]) / 5
+
+
+def test_gan_trained_jointly_still_makes_varied_samples():
+    model, images = gan(), tiny_batch(16)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=model.betas)
+    z = torch.randn(16, model.latent, generator=torch.Generator().manual_seed(2))
+    before = model.sample(z)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        loss, _ = model.loss(images, gen)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = model.sample(z)
+    assert (after - before).abs().mean() > 0.01  # the generator moved
+    assert after.std(dim=0).mean() > 0.01  # and not onto one image
+
+
+def test_gan_encoder_is_the_discriminators_trunk():
+    model, images = gan(), tiny_batch(8)
+    x = images.float() / 255
+    before = model(x)
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.mul_(0.5)
+    assert not torch.allclose(model(x), before)  # D reads its input through the encoder
+    encoder = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss, _ = model.loss(images, torch.Generator().manual_seed(0))
+    loss.backward()
+    optimizer.step()
+    assert not torch.equal(model.encoder.state_dict()["blocks.0.0.weight"], encoder["blocks.0.0.weight"])
+
+
+def test_gan_batchnorm_statistics_follow_the_discriminators_batches_once_per_step():
+    """The exported encoder's running statistics are those D was trained with (real and fake in
+    one batch), updated once per step although D runs twice."""
+    model, images = gan(), tiny_batch(8)
+    reference = copy.deepcopy(model.encoder)
+    fake = model.generator(torch.randn(8, model.latent, generator=torch.Generator().manual_seed(0)))
+    model.loss(images, torch.Generator().manual_seed(0))
+    reference(torch.cat([images.float() / 255, fake.detach()]))
+    for (name, value), expected in zip(model.encoder.named_buffers(), reference.buffers()):
+        assert torch.equal(value, expected), name

@@ -1,0 +1,88 @@
+"""Every pretraining method through the stages on a tiny slice, in-process: pretrain ->
+checkpoint -> finetune -> evaluate, on one shared ingest. The DAG itself (dvc repro, no-op
+reruns, resuming after kill -9) is test_pipeline's job; this one is about the methods."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from prefine.ingest import ingest
+from prefine.params import Params, parse
+from tasks.checkpoint import checkpoint
+from tasks.evaluate import evaluate
+from tasks.finetune import finetune
+from tasks.pretrain import PLOTS, SAMPLES, STATE, pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["autoencoder", "denoising", "simclr", "gan", "vicreg"]
+
+
+def tiny_params(source: Path, method: str = "simclr", epochs: int = 1) -> Params:
+    """The repo's quick profile, smaller still: width 8, one epoch, 10 fine-tuning steps."""
+    params = parse({**yaml.safe_load((ROOT / "params.yaml").read_text()), "profile": "quick"})
+    return params.model_copy(update={
+        "ingest": params.ingest.model_copy(update={"path": str(source)}),
+        "pretrain": params.pretrain.model_copy(update={"method": method, "epochs": epochs, "width": 8}),
+        "finetune": params.finetune.model_copy(update={"steps": 10}),
+    })
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, fmnist_slice) -> Path:
+    root = tmp_path_factory.mktemp("methods")
+    ingest(tiny_params(fmnist_slice), out_dir=root / "data", metrics_file=root / "metrics/ingest.json")
+    return root / "data"
+
+
+@pytest.fixture
+def project(data, tmp_path, monkeypatch) -> Path:
+    """A fresh folder (not a git repo: DVCLive is fine with that) whose data/ is the shared ingest."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PREFINE_FAIL_ONCE", raising=False)
+    (tmp_path / "data").symlink_to(data)
+    return tmp_path
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_pretrains_an_encoder_that_fine_tunes_and_evaluates(method, project, fmnist_slice):
+    params = tiny_params(fmnist_slice, method)
+    history = pretrain(params)
+    assert [r["epoch"] for r in history] == [1] and math.isfinite(history[0]["loss"])
+    probe = checkpoint(params)
+    finetune(params)
+    metrics = evaluate(params)
+    for out in ["models/encoder.safetensors", "models/encoder.card.json", "models/classifier.safetensors",
+                "models/scratch.safetensors", "metrics/evaluate.json", "metrics/pretrain.json"]:
+        assert Path(out).is_file(), out
+    assert json.loads(Path("models/encoder.card.json").read_text())["pretraining"]["method"] == method
+    assert 0.0 <= probe["knn_accuracy"] <= 1.0
+    for name in ("pretrained", "scratch"):
+        assert 0.0 <= metrics[name]["accuracy"] <= 1.0
+    samples = PLOTS / SAMPLES
+    if method == "gan":
+        assert {"d_loss", "g_loss", "d_real", "d_fake"} <= history[0].keys()
+        assert (PLOTS / "plots/metrics/g_loss.tsv").is_file()
+        assert Image.open(samples).size == (8 * (28 + 2) + 2,) * 2  # 8 x 8 samples, 2-pixel padding
+    else:
+        assert not samples.exists()
+
+
+def test_gan_resumed_after_a_crash_ends_as_an_uninterrupted_run(project, fmnist_slice, monkeypatch):
+    """Both players and the logged parts come back from the per-epoch state, bit for bit."""
+    params = tiny_params(fmnist_slice, "gan", epochs=2)
+    reference_state = Path("reference/state.pt")
+    reference = pretrain(params, state_file=reference_state, plots=Path("reference/plots"))
+    monkeypatch.setenv("PREFINE_FAIL_ONCE", str(project / "failed-once"))
+    with pytest.raises(RuntimeError, match="injected failure"):
+        pretrain(params)
+    assert pretrain(params) == reference
+    expected = torch.load(reference_state, weights_only=True)["model"]
+    for key, value in torch.load(STATE, weights_only=True)["model"].items():
+        assert torch.equal(value, expected[key]), key
