@@ -1,8 +1,13 @@
 """Fine-tuning strategies, and the from-scratch baseline on the same budget and schedule.
 
 `linear`: the encoder is frozen (weights and BatchNorm statistics), only the head learns.
+`partial`: the last `unfreeze` encoder blocks learn (at `encoder_lr_scale` times the head's LR).
 `full`: everything learns, the encoder at `encoder_lr_scale` times the head's LR.
-`scratch`: the same architecture from random init, everything at the full LR.
+`semisup`: `full`, plus FixMatch on the unlabeled pool: a prediction on a weakly augmented view
+that is confident enough becomes the target for a strongly augmented view of the same image.
+`scratch`: the same architecture from random init, everything at the full LR, on the same data
+recipe as the chosen strategy (with the unlabeled pool when that is `semisup`), so the gap
+between the two measures the pretraining and nothing else.
 """
 
 from __future__ import annotations
@@ -13,26 +18,31 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from prefine.augment import random_hflip, random_shift
+from prefine.augment import strong_view, weak_view
+from prefine.errors import PrefineError
 from prefine.nets import Classifier, ConvEncoder, MLPEncoder, to_float
 from prefine.params import FinetuneParams
 from prefine.store import ImageSet
-from prefine.training import EpochFn, Run, fit
+from prefine.training import EpochFn, Run, StepOutput, fit
 
-STRATEGIES = ("linear", "full", "scratch")
+STRATEGIES = ("linear", "partial", "full", "semisup", "scratch")
 
 
-def build(encoder: ConvEncoder | MLPEncoder, classes: int, strategy: str) -> Classifier:
+def build(encoder: ConvEncoder | MLPEncoder, classes: int, strategy: str, unfreeze: int = 1) -> Classifier:
+    """The classifier for `strategy`; `partial` trains only the last `unfreeze` encoder blocks."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; one of {STRATEGIES}")
-    return Classifier(encoder, classes, frozen=strategy == "linear")
+    blocks = len(encoder.blocks)
+    frozen = {"linear": blocks, "partial": blocks - min(unfreeze, blocks)}.get(strategy, 0)
+    return Classifier(encoder, classes, frozen_blocks=frozen)
 
 
 def optimizer_for(model: Classifier, p: FinetuneParams, strategy: str) -> torch.optim.Optimizer:
-    encoder_lr = {"linear": 0.0, "full": p.lr * p.encoder_lr_scale, "scratch": p.lr}[strategy]
-    groups = [{"params": model.head.parameters(), "lr": p.lr}]
-    if encoder_lr > 0:
-        groups.append({"params": model.encoder.parameters(), "lr": encoder_lr})
+    encoder_lr = p.lr if strategy == "scratch" else p.lr * p.encoder_lr_scale
+    groups = [{"params": list(model.head.parameters()), "lr": p.lr}]
+    trainable = [w for w in model.encoder.parameters() if w.requires_grad]
+    if trainable and encoder_lr > 0:
+        groups.append({"params": trainable, "lr": encoder_lr})
     return torch.optim.AdamW(groups, weight_decay=p.weight_decay)
 
 
@@ -40,6 +50,20 @@ def epochs_for(n: int, p: FinetuneParams) -> int:
     """The budget is counted in optimizer steps, so a tiny labeled set still gets trained."""
     per_epoch = max(1, n // min(p.batch_size, n))
     return max(1, math.ceil(p.steps / per_epoch))
+
+
+def fixmatch_loss(
+    model: Classifier, unlabeled: torch.Tensor, p: FinetuneParams, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of the strong view against the weak view's confident predictions (FixMatch);
+    also the share of the batch confident enough to count."""
+    x = to_float(unlabeled)
+    with torch.no_grad():
+        probs = model(weak_view(x, p.shift, p.flip, gen)).float().softmax(dim=1)
+    confidence, pseudo = probs.max(dim=1)
+    mask = (confidence >= p.threshold).float()
+    per_image = F.cross_entropy(model(strong_view(x, gen)).float(), pseudo, reduction="none")
+    return (per_image * mask).mean(), mask.mean()
 
 
 def train(
@@ -50,16 +74,25 @@ def train(
     seed: int,
     device: torch.device,
     on_epoch: EpochFn | None = None,
+    unlabeled: ImageSet | None = None,
 ) -> list[dict[str, float]]:
-    """Fine-tune `model` on the labeled set with light augmentation (shifts, optional flips)."""
+    """Fine-tune `model` on the labeled set with light augmentation (shifts, optional flips);
+    when p.strategy is semisup (for its scratch baseline too), also on the unlabeled pool."""
+    semisup = p.strategy == "semisup" and strategy in ("semisup", "scratch")
+    if semisup and (unlabeled is None or len(unlabeled) == 0):
+        raise PrefineError("finetune.strategy = semisup needs unlabeled images (data/unlabeled is empty)")
     model.to(device)
     optimizer = optimizer_for(model, p, strategy)
+    pool = unlabeled.images if semisup else None
 
-    def step(batch: Sequence[torch.Tensor], gen: torch.Generator) -> torch.Tensor:
-        x = random_shift(to_float(batch[0]), p.shift, gen)
-        if p.flip:
-            x = random_hflip(x, gen)
-        return F.cross_entropy(model(x).float(), batch[1])
+    def step(batch: Sequence[torch.Tensor], gen: torch.Generator) -> StepOutput:
+        x = weak_view(to_float(batch[0]), p.shift, p.flip, gen)
+        loss = F.cross_entropy(model(x).float(), batch[1])
+        if pool is None:
+            return loss
+        pick = torch.randint(0, len(pool), (p.mu * len(x),), generator=gen, device=gen.device).cpu()
+        unsup, confident = fixmatch_loss(model, pool[pick].to(device), p, gen)
+        return loss + p.unlabeled_weight * unsup, {"labeled_loss": loss.detach(), "confident": confident}
 
     run = Run(
         tensors=[labeled.images, labeled.labels],

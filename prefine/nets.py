@@ -84,19 +84,24 @@ def build_decoder(spec: EncoderSpec, dim: int) -> nn.Module:
 
 
 class Classifier(nn.Module):
-    """An encoder and a linear head over its embedding; a frozen encoder stays in eval mode."""
+    """An encoder and a linear head over its embedding.
 
-    def __init__(self, encoder: ConvEncoder | MLPEncoder, classes: int, frozen: bool = False) -> None:
+    The first `frozen_blocks` encoder blocks keep their weights and stay in eval mode, so their
+    pretrained BatchNorm statistics survive fine-tuning (all of them: a linear probe).
+    """
+
+    def __init__(self, encoder: ConvEncoder | MLPEncoder, classes: int, frozen_blocks: int = 0) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(encoder.dim, classes)
-        self.frozen = frozen
-        encoder.requires_grad_(not frozen)
+        self.frozen = list(encoder.blocks)[:frozen_blocks]
+        for block in self.frozen:
+            block.requires_grad_(False)
 
     def train(self, mode: bool = True) -> "Classifier":
         super().train(mode)
-        if self.frozen:  # keep the pretrained BatchNorm statistics
-            self.encoder.eval()
+        for block in self.frozen:
+            block.eval()
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from prefine.nets import build_encoder
 from prefine.params import Params
 from prefine.store import read_split
 from tasks.checkpoint import ENCODER, LABELED
+from tasks.pretrain import UNLABELED
 from tasks.stage import run_stage
 
 CLASSIFIER = Path("models/classifier.safetensors")
@@ -23,6 +24,7 @@ PLOTS = Path("plots/finetune")
 def finetune(params: Params) -> None:
     p = params.finetune
     labeled = read_split(LABELED)
+    unlabeled = read_split(UNLABELED) if p.strategy == "semisup" else None
     device = devices.pick()
     pretrained, encoder_meta = weights.load_encoder(ENCODER)
     spec = encoder_meta["spec"]
@@ -33,10 +35,10 @@ def finetune(params: Params) -> None:
     )
     for name, strategy, encoder, target in runs:
         torch.manual_seed(params.seed)  # the same head init and batch order for both
-        model = finetuning.build(encoder or build_encoder(spec), len(labeled.classes), strategy)
+        model = finetuning.build(encoder or build_encoder(spec), len(labeled.classes), strategy, p.unfreeze)
         log = EpochLog(PLOTS / name)
         try:
-            finetuning.train(model, labeled, p, strategy, params.seed, device, log)
+            finetuning.train(model, labeled, p, strategy, params.seed, device, log, unlabeled)
         finally:
             log.close()
         meta = {

@@ -4,6 +4,7 @@ import torch
 from prefine import finetuning, weights
 from prefine.augment import random_brightness_contrast, random_hflip, random_resized_crop, random_shift, two_views
 from prefine.nets import build_encoder, encoder_spec
+from prefine.errors import PrefineError
 from prefine.params import FinetuneParams
 from prefine.store import ImageSet
 
@@ -82,6 +83,40 @@ def test_full_gives_the_encoder_the_scaled_learning_rate():
     model = finetuning.build(build_encoder(SPEC), 2, "full")
     groups = finetuning.optimizer_for(model, FinetuneParams(lr=0.01, encoder_lr_scale=0.1), "full").param_groups
     assert [g["lr"] for g in groups] == pytest.approx([0.01, 0.001])
+
+
+@pytest.mark.parametrize("unfreeze,trained", [(1, [False, False, True]), (2, [False, True, True]), (9, [True, True, True])])
+def test_partial_trains_only_the_last_blocks(unfreeze, trained):
+    torch.manual_seed(0)
+    model = finetuning.build(build_encoder(SPEC), 2, "partial", unfreeze)
+    before = [{k: v.clone() for k, v in block.state_dict().items()} for block in model.encoder.blocks]
+    p = FinetuneParams(steps=10, batch_size=8, strategy="partial", unfreeze=unfreeze)
+    finetuning.train(model, labeled(), p, "partial", 0, torch.device("cpu"))
+    changed = [
+        any(not torch.equal(v, old[k]) for k, v in block.state_dict().items())  # weights or BN statistics
+        for block, old in zip(model.encoder.blocks, before)
+    ]
+    assert changed == trained
+
+
+def test_semisup_learns_from_pseudo_labels_on_the_unlabeled_pool():
+    """Two labeled images per class; the unlabeled pool is what makes the head generalize."""
+    torch.manual_seed(0)
+    pool = labeled(64)
+    few = ImageSet(torch.cat([pool.images[:2], pool.images[-2:]]), torch.tensor([0, 0, 1, 1]), pool.classes)
+    unlabeled = ImageSet(pool.images, torch.full((len(pool),), -1), pool.classes)
+    p = FinetuneParams(steps=30, batch_size=4, lr=0.01, strategy="semisup", mu=4, threshold=0.7)
+    model = finetuning.build(build_encoder(SPEC), 2, "semisup")
+    history = finetuning.train(model, few, p, "semisup", 0, torch.device("cpu"), unlabeled=unlabeled)
+    assert history[-1]["confident"] > 0.5  # most of the pool got a pseudo-label by the end
+    model.eval()
+    assert (model(pool.images.float() / 255).argmax(1) == pool.labels).float().mean() > 0.9
+
+
+def test_semisup_without_an_unlabeled_pool_is_a_clear_error():
+    model = finetuning.build(build_encoder(SPEC), 2, "semisup")
+    with pytest.raises(PrefineError, match="semisup needs unlabeled images"):
+        finetuning.train(model, labeled(), FinetuneParams(strategy="semisup"), "semisup", 0, torch.device("cpu"))
 
 
 def test_budget_is_counted_in_steps():
