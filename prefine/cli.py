@@ -101,6 +101,19 @@ def retrain(repo: Repo = Path(".")) -> None:
 
 
 @app.command()
+def study(repo: Repo = Path("."), profile: Profile = None, set_: Overrides = None) -> None:
+    """Run the label-budget study (params.yaml `study:`) as a Prefect flow; writes reports/.
+    --profile and -S apply to this run only: params.yaml is left as it is."""
+    from flows.study import StudyFailed, label_budget_study
+
+    try:
+        summary = _run_flow(lambda: label_budget_study(repo=str(repo), profile=profile, overrides=set_))
+    except StudyFailed as exc:
+        _fail(str(exc), 1)
+    console.print(summary)
+
+
+@app.command()
 def serve(
     repo: Repo = Path("."),
     cron: Annotated[str, typer.Option(help="Retraining schedule (cron, server time zone).")] = "0 3 * * *",

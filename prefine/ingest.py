@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 
 from prefine.atomic import atomic_path
 from prefine.errors import PrefineError
-from prefine.params import Params
+from prefine.params import IngestParams, Params
 from prefine.sources import Source, read_source
 from prefine.store import UNLABELED, ImageSet, write_split
 
@@ -29,46 +30,76 @@ def ingest(
     metrics_file: Path = Path("metrics/ingest.json"),
 ) -> dict[str, int]:
     """Read, split, dedupe and select; write data/{unlabeled,labeled,test} and the counts."""
-    source = read_source(params.ingest)
+    pools = read_pools(params.ingest)
+    labeled = pools.labeled(params.finetune.labels_per_class, params.seed)
+    pools.require_test()
+    counts = {"unlabeled": len(pools.train), "labeled": len(labeled), "test": len(pools.test), **pools.counts}
+    for name, rows, keep_labels in (
+        ("unlabeled", pools.train, False),
+        ("labeled", labeled, True),
+        ("test", pools.test, True),
+    ):
+        pools.write(Path(out_dir) / name, name, rows, keep_labels)
+    with atomic_path(Path(metrics_file)) as tmp:
+        tmp.write_text(json.dumps(counts, indent=2) + "\n")
+    return counts
+
+
+@dataclass
+class Pools:
+    """A source as ingest splits it, in memory: `train` (deduped, labeled or not: the unlabeled
+    pool, and where labeled sets are picked from) and `test` (labeled images only) are tables of
+    source rows (row, sha, label, split). The label-budget study draws its many labeled sets
+    from one read of the source through it."""
+
+    source: Source
+    train: pd.DataFrame
+    test: pd.DataFrame
+    counts: dict[str, int]  # dedupe counts, unlabeled test images dropped, classes
+    params: IngestParams
+
+    def require_test(self) -> None:
+        """No labeled test image is an error: there would be nothing to evaluate on."""
+        if self.test.empty:
+            raise PrefineError(
+                f"{self.params.path}: no labeled test images (ingest.test_fraction = {self.params.test_fraction})"
+            )
+
+    def labeled(self, per_class: int | None, seed: int, key: str = "finetune.labels_per_class") -> pd.DataFrame:
+        """select_labeled on the train pool (None: every labeled image); `key` is blamed in errors."""
+        return select_labeled(self.train, self.source.classes, per_class, seed, key)
+
+    def images(self, rows: pd.DataFrame, keep_labels: bool = True) -> ImageSet:
+        index = torch.from_numpy(rows["row"].to_numpy(dtype=np.int64, copy=True))
+        labels = self.source.labels[index] if keep_labels else torch.full((len(index),), UNLABELED)
+        return ImageSet(self.source.images[index], labels, list(self.source.classes))
+
+    def write(self, folder: Path, split: str, rows: pd.DataFrame, keep_labels: bool) -> None:
+        """`rows` as a data split on disk (store.write_split), named `split` in its manifest."""
+        write_split(folder, self.images(rows, keep_labels), _manifest(self.source, rows, split, keep_labels))
+
+
+def read_pools(p: IngestParams) -> Pools:
+    """Read the source; hash, split and dedupe it (read_source checks the files)."""
+    source = read_source(p)
     shas = content_hashes(source.images)
     table = pd.DataFrame(
         {
             "row": np.arange(len(source)),
             "sha": shas,
             "label": source.labels.numpy(),
-            "split": assign_splits(source.split, shas, params.ingest.test_fraction),
+            "split": assign_splits(source.split, shas, p.test_fraction),
         }
     )
     kept, counts = dedupe(table)
     train = kept[kept["split"] == "train"]
-    labeled = select_labeled(train, source.classes, params.finetune.labels_per_class, params.seed)
     test = kept[(kept["split"] == "test") & (kept["label"] != UNLABELED)]
-    if test.empty:
-        raise PrefineError(
-            f"{params.ingest.path}: no labeled test images "
-            f"(ingest.test_fraction = {params.ingest.test_fraction})"
-        )
     counts = {
-        "unlabeled": len(train),
-        "labeled": len(labeled),
-        "test": len(test),
         **counts,
         "unlabeled_test_dropped": int((kept["split"] == "test").sum()) - len(test),
         "classes": len(source.classes),
     }
-    for name, rows, keep_labels in (
-        ("unlabeled", train, False),
-        ("labeled", labeled, True),
-        ("test", test, True),
-    ):
-        write_split(
-            Path(out_dir) / name,
-            _image_set(source, rows, keep_labels),
-            _manifest(source, rows, name, keep_labels),
-        )
-    with atomic_path(Path(metrics_file)) as tmp:
-        tmp.write_text(json.dumps(counts, indent=2) + "\n")
-    return counts
+    return Pools(source, train, test, counts, p)
 
 
 def content_hashes(images: torch.Tensor) -> list[str]:
@@ -110,36 +141,36 @@ def dedupe(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
 
 
 def select_labeled(
-    train: pd.DataFrame, classes: list[str], per_class: int, seed: int
+    train: pd.DataFrame,
+    classes: list[str],
+    per_class: int | None,
+    seed: int,
+    key: str = "finetune.labels_per_class",
 ) -> pd.DataFrame:
     """Per class, the `per_class` labeled train images with the smallest sha256(f"{seed}:{sha}"):
-    seeded, stratified, and unmoved by images added to other classes."""
+    seeded, stratified, and unmoved by images added to other classes. None: every labeled image.
+    `key` is the param that asked for `per_class`, named in errors."""
     pool = train[train["label"] != UNLABELED]
     if pool.empty:
         raise PrefineError(
-            "no labeled training images: finetune needs finetune.labels_per_class labeled "
+            f"no labeled training images: finetune needs {key} labeled "
             "images per class (label folders, manifest labels or IDX labels)"
         )
     have = pool["label"].value_counts()
     short = [
         f"'{name}' ({int(have.get(i, 0))})"
         for i, name in enumerate(classes)
-        if have.get(i, 0) < per_class
+        if per_class is not None and have.get(i, 0) < per_class
     ]
     if short:
         raise PrefineError(
-            f"finetune.labels_per_class = {per_class} is more than the labeled training images "
-            f"of class {', '.join(short)}; lower finetune.labels_per_class or add labels"
+            f"{key} = {per_class} is more than the labeled training images "
+            f"of class {', '.join(short)}; lower {key} or add labels"
         )
     keys = [hashlib.sha256(f"{seed}:{sha}".encode()).hexdigest() for sha in pool["sha"]]
     ranked = pool.assign(key=keys).sort_values(["label", "key"])
-    return ranked.groupby("label").head(per_class).drop(columns="key")
-
-
-def _image_set(source: Source, rows: pd.DataFrame, keep_labels: bool) -> ImageSet:
-    index = torch.from_numpy(rows["row"].to_numpy(dtype=np.int64, copy=True))
-    labels = source.labels[index] if keep_labels else torch.full((len(index),), UNLABELED)
-    return ImageSet(source.images[index], labels, list(source.classes))
+    chosen = ranked if per_class is None else ranked.groupby("label").head(per_class)
+    return chosen.drop(columns="key")
 
 
 def _manifest(source: Source, rows: pd.DataFrame, split: str, keep_labels: bool) -> pd.DataFrame:

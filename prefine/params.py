@@ -7,10 +7,10 @@ plain params (``profile``, ``profiles`` and each section) and reruns what depend
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from prefine.errors import PrefineError
 
@@ -37,7 +37,7 @@ class IngestParams(_Section):
 
 
 class PretrainParams(_Section):
-    method: Literal["autoencoder", "denoising", "simclr"] = "simclr"
+    method: Literal["autoencoder", "denoising", "simclr", "gan", "vicreg"] = "simclr"
     encoder: Literal["conv", "mlp"] = "conv"
     width: int = Field(32, ge=4, le=512)
     epochs: int = Field(2, ge=1)
@@ -46,6 +46,8 @@ class PretrainParams(_Section):
     weight_decay: float = Field(1e-4, ge=0.0)
     noise: float = Field(0.3, ge=0.0, le=1.0)
     temperature: float = Field(0.5, gt=0.0, le=10.0)
+    latent: int = Field(64, ge=1)  # gan: size of the generator's noise z
+    expander: int = Field(512, ge=8)  # vicreg: width of the expander MLP the loss sees
 
 
 class CheckpointParams(_Section):
@@ -54,7 +56,7 @@ class CheckpointParams(_Section):
 
 class FinetuneParams(_Section):
     labels_per_class: int = Field(100, ge=1)
-    strategy: Literal["linear", "full"] = "full"
+    strategy: Literal["linear", "partial", "full", "semisup"] = "full"
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(0.003, gt=0.0, le=1.0)
@@ -62,6 +64,10 @@ class FinetuneParams(_Section):
     weight_decay: float = Field(5e-4, ge=0.0)
     shift: int = Field(2, ge=0, le=8)
     flip: bool = True
+    unfreeze: int = Field(1, ge=1)  # partial: how many of the encoder's last blocks train
+    mu: int = Field(2, ge=1)  # semisup: unlabeled images per labeled image in a step
+    threshold: float = Field(0.95, ge=0.0, le=1.0)  # semisup: confidence that makes a pseudo-label
+    unlabeled_weight: float = Field(1.0, ge=0.0)  # semisup: weight of the unlabeled loss
 
 
 class RegistryParams(_Section):
@@ -75,6 +81,47 @@ class RegistryParams(_Section):
     remote_url: str = "../prefine-storage"  # the folder used when `remote` has to be added
 
 
+def _overrides(section: type[_Section], values: dict[str, Any], owned: str, owner: str) -> dict[str, Any]:
+    """Check a study's overrides of `section` against its schema now, not hours into the study;
+    `owned` is the key the study sets itself (from `owner`)."""
+    if owned in values:
+        raise ValueError(f"'{owned}' is set by {owner}, not here")
+    try:
+        return section.model_validate(values).model_dump(include=set(values))
+    except ValidationError as exc:
+        problems = (f"{'.'.join(map(str, e['loc']))}: {e['msg'].lower()}" for e in exc.errors())
+        raise ValueError("; ".join(problems)) from None
+
+
+class StudyParams(_Section):
+    """The label-budget study (flows/study.py, `prefine study`): not a param of any DVC stage."""
+
+    methods: list[str] = Field(["autoencoder", "simclr"], min_length=1)  # pretrain.method values
+    budgets: list[Annotated[int, Field(ge=1)] | Literal["all"]] = Field([1, 5, 10, 50, 100, "all"], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field([0, 1, 2], min_length=1)
+    out: str = "reports"  # the table, markdown and plot; work files in <out>/.study-work
+    pretrain: dict[str, Any] = {}  # overrides of the (profile-resolved) pretrain section
+    finetune: dict[str, Any] = {}  # overrides of the (profile-resolved) finetune section
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: list[str]) -> list[str]:
+        known = get_args(PretrainParams.model_fields["method"].annotation)
+        if unknown := [m for m in methods if m not in known]:
+            raise ValueError(f"unknown method {', '.join(map(repr, unknown))}; one of {', '.join(known)}")
+        return methods
+
+    @field_validator("pretrain")
+    @classmethod
+    def _pretrain_overrides(cls, values: dict[str, Any]) -> dict[str, Any]:
+        return _overrides(PretrainParams, values, "method", "study.methods")
+
+    @field_validator("finetune")
+    @classmethod
+    def _finetune_overrides(cls, values: dict[str, Any]) -> dict[str, Any]:
+        return _overrides(FinetuneParams, values, "labels_per_class", "study.budgets")
+
+
 class Params(_Section):
     profile: str = "default"
     seed: int = Field(0, ge=0)
@@ -83,6 +130,7 @@ class Params(_Section):
     checkpoint: CheckpointParams = CheckpointParams()
     finetune: FinetuneParams = FinetuneParams()
     registry: RegistryParams = RegistryParams()
+    study: StudyParams = StudyParams()
     profiles: dict[str, dict[str, dict[str, Any]]] = {}
 
 

@@ -1,0 +1,167 @@
+"""The label-budget study's library side: the params a run trains with, one fine-tune + test,
+and the report: every run as CSV, mean ± std over seeds per method and budget as a markdown
+table and as a plot of test accuracy against labels per class.
+
+flows/study.py runs the study as a Prefect flow; nothing here imports Prefect, so a notebook
+can redraw the report from the CSV: `write_report(pd.read_csv(csv), out, classes)`.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pandas as pd
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
+
+from prefine import device as devices
+from prefine import finetuning, weights
+from prefine.atomic import atomic_path
+from prefine.evaluation import predict, scores
+from prefine.nets import EncoderSpec, build_encoder
+from prefine.params import FinetuneParams, Params, PretrainParams
+from prefine.store import ImageSet
+
+SCRATCH = "scratch"  # the baseline's name in the method column
+ALL = "all"  # the budget "every labeled training image"
+COLUMNS = ["method", "labels_per_class", "seed", "labeled", "accuracy", "macro_f1", "wall_s"]
+REPORT = "label_budget"  # <out>/label_budget.{csv,md,png}
+METRICS = {"accuracy": "Test accuracy", "macro_f1": "Test macro-F1"}
+
+# Runs in threads share torch's global RNG: seeding and building a model happen under this lock,
+# so a fine-tune's initial weights depend on its seed, not on the fine-tunes beside it. (pretrain()
+# seeds outside it: with more than one gpu slot, a pretraining starting beside one can interleave.)
+_INIT = threading.Lock()
+
+
+def run_params(params: Params, seed: int, method: str | None = None) -> Params:
+    """The params one study run trains with: study.pretrain / study.finetune over the
+    (profile-resolved) sections, the run's seed and, for a pretraining, its method."""
+    pretrain = {**params.pretrain.model_dump(), **params.study.pretrain}
+    if method is not None:
+        pretrain["method"] = method
+    finetune = {**params.finetune.model_dump(), **params.study.finetune}
+    return params.model_copy(
+        update={"seed": seed, "pretrain": PretrainParams(**pretrain), "finetune": FinetuneParams(**finetune)}
+    )
+
+
+def per_class(budget: int | str) -> int | None:
+    """A study budget as select_labeled's `per_class` (None: every labeled image)."""
+    return None if budget == ALL else int(budget)
+
+
+def fine_tune_and_score(
+    encoder: Path | EncoderSpec,
+    labeled: ImageSet,
+    test: ImageSet,
+    p: FinetuneParams,
+    seed: int,
+    unlabeled: ImageSet | None = None,
+) -> dict[str, float]:
+    """Fine-tune a pretrained encoder (a weights file; p.strategy) or train its architecture from
+    scratch (a spec) on `labeled`, then score it on `test`. Both build the encoder, then the
+    head, right after seeding, so a pretrained run and its scratch twin start from the same head."""
+    strategy = "scratch" if isinstance(encoder, dict) else p.strategy
+    with _INIT:
+        torch.manual_seed(seed)
+        net = build_encoder(encoder) if strategy == "scratch" else weights.load_encoder(encoder)[0]
+        model = finetuning.build(net, len(labeled.classes), strategy, unfreeze=p.unfreeze)
+    device = devices.pick()
+    finetuning.train(model, labeled, p, strategy=strategy, seed=seed, device=device, unlabeled=unlabeled)
+    result = scores(test.labels, predict(model, test.images, device), test.classes)
+    return {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"]}
+
+
+def _budget_order(budget: int | str) -> float:
+    return float("inf") if budget == ALL else int(budget)
+
+
+def results_table(rows: list[dict]) -> pd.DataFrame:
+    """One row per run (COLUMNS), sorted: methods by name with scratch last, budgets ascending
+    with "all" last, then seeds; the same runs give the same CSV whatever order they finished in."""
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    keys = pd.DataFrame({
+        "scratch": table["method"] == SCRATCH,
+        "method": table["method"],
+        "budget": table["labels_per_class"].map(_budget_order),
+        "seed": table["seed"],
+    })
+    return table.loc[keys.sort_values(list(keys.columns), kind="stable").index].reset_index(drop=True)
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, budget), in the table's order: mean and sample std over seeds of each metric
+    (std is NaN for a single seed), the number of seeds, and the mean labeled set size."""
+    metrics = {f"{m}_{stat}": (m, stat) for m in METRICS for stat in ("mean", "std")}
+    return (
+        table.groupby(["method", "labels_per_class"], sort=False)
+        .agg(**metrics, seeds=("seed", "count"), labeled=("labeled", "mean"))
+        .reset_index()
+    )
+
+
+def _cell(mean: float, std: float) -> str:
+    return f"{mean:.3f}" if pd.isna(std) else f"{mean:.3f} ± {std:.3f}"
+
+
+def markdown(summary: pd.DataFrame, metric: str = "accuracy") -> str:
+    """A markdown table of `metric`: a row per method, a column per budget, cells mean ± std."""
+    budgets = list(dict.fromkeys(summary["labels_per_class"]))
+    lines = [
+        "| method | " + " | ".join(map(str, budgets)) + " |",
+        "|---|" + "---:|" * len(budgets),
+    ]
+    for method, rows in summary.groupby("method", sort=False):
+        cells = {b: _cell(m, s) for b, m, s in rows[["labels_per_class", f"{metric}_mean", f"{metric}_std"]].values}
+        lines.append(f"| {method} | " + " | ".join(cells.get(b, "-") for b in budgets) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report_markdown(summary: pd.DataFrame) -> str:
+    """The whole report: one table per metric, under a line saying what the cells are."""
+    seeds = int(summary["seeds"].max())
+    parts = ["# Label-budget study\n", f"Columns: labels per class. Cells: mean ± std over {seeds} seed(s).\n"]
+    for metric, title in METRICS.items():
+        parts += [f"## {title}\n", markdown(summary, metric)]
+    return "\n".join(parts)
+
+
+def plot(summary: pd.DataFrame, path: Path, classes: int) -> None:
+    """Test accuracy against labels per class (log x), a line per method with std error bars,
+    scratch dashed; "all" sits at its real mean count per class and is labelled "all"."""
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)  # Agg: no display, and no pyplot state shared between threads
+    ax = figure.add_subplot()
+    for method, rows in summary.groupby("method", sort=False):
+        style = {"color": "black", "linestyle": "--"} if method == SCRATCH else {}
+        ax.errorbar(
+            rows["labeled"] / classes, rows["accuracy_mean"], yerr=rows["accuracy_std"].fillna(0.0),
+            marker="o", capsize=3, label=method, **style,
+        )
+    ticks = summary.drop_duplicates("labels_per_class")
+    ax.set_xscale("log")
+    ax.set_xticks(ticks["labeled"] / classes, labels=[str(b) for b in ticks["labels_per_class"]])
+    ax.xaxis.set_minor_locator(NullLocator())
+    seeds = int(summary["seeds"].max())
+    ax.set(xlabel="labels per class (log scale)", ylabel="test accuracy",
+           title=f"Label-budget study: mean ± std over {seeds} seed(s)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    figure.savefig(path, format="png", dpi=150)
+
+
+def write_report(table: pd.DataFrame, out: Path, classes: int) -> dict[str, Path]:
+    """<out>/label_budget.csv (every run), .md (tables) and .png (plot), each written atomically."""
+    paths = {kind: Path(out) / f"{REPORT}.{kind}" for kind in ("csv", "md", "png")}
+    summary = summarize(table)
+    with atomic_path(paths["csv"]) as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(paths["md"]) as tmp:
+        tmp.write_text(report_markdown(summary))
+    with atomic_path(paths["png"]) as tmp:
+        plot(summary, tmp, classes)
+    return paths
