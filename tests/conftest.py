@@ -1,9 +1,11 @@
-"""Shared fixtures: small real datasets and writers for the file formats the pipeline reads."""
+"""Shared fixtures: small real datasets, writers for the file formats the pipeline reads, and
+one real Prefect server for the whole session."""
 
 from __future__ import annotations
 
 import gzip
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +65,20 @@ def fmnist_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
             name = f"{prefix}-{kind}-ubyte.gz"
             _write_idx(folder / name, _read_idx_head(FASHION_MNIST / name, ndim, count))
     return folder
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prefect API (SQLite in a temp folder); subprocesses reach it through the env.
+    Here in conftest.py, so the whole session shares one server: Prefect's client-side services
+    (concurrency slot leases) stay bound to the first server a process talks to."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    saved = {key: os.environ.get(key) for key in ("PREFECT_HOME", "PREFECT_API_URL")}
+    with temporary_settings({PREFECT_HOME: home}), prefect_test_harness(server_startup_timeout=90):
+        os.environ.update(PREFECT_HOME=str(home), PREFECT_API_URL=PREFECT_API_URL.value())
+        yield PREFECT_API_URL.value()
+    for key, value in saved.items():
+        os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)

@@ -9,7 +9,7 @@ from pathlib import Path
 from prefect import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import FlowRunSort
-from prefect_fixtures import TEST_PARAMS, make_project, prefect_server  # noqa: F401
+from prefect_fixtures import TEST_PARAMS, make_project
 from test_registry import SETTINGS, repo, train  # noqa: F401
 from typer.testing import CliRunner
 

@@ -33,7 +33,7 @@ from prefect.client.schemas.filters import (
     TaskRunFilterTags,
 )
 from prefect.client.schemas.objects import StateType
-from prefect_fixtures import TEST_PARAMS, dvc, git, make_project, prefect_server  # noqa: F401
+from prefect_fixtures import TEST_PARAMS, dvc, git, make_project
 
 from flows.retrain import retrain
 from flows.training import training

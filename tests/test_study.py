@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-from prefect_fixtures import prefect_server  # noqa: F401
 
 from flows.study import WORK, label_budget_study
 from prefine.errors import PrefineError
