@@ -96,7 +96,8 @@ def _overrides(section: type[_Section], values: dict[str, Any], owned: str, owne
 class StudyParams(_Section):
     """The label-budget study (flows/study.py, `prefine study`): not a param of any DVC stage."""
 
-    methods: list[str] = Field(["autoencoder", "simclr"], min_length=1)  # pretrain.method values
+    # pretrain.method values to compare
+    methods: list[str] = Field(["autoencoder", "denoising", "simclr", "vicreg", "gan"], min_length=1)
     budgets: list[Annotated[int, Field(ge=1)] | Literal["all"]] = Field([1, 5, 10, 50, 100, "all"], min_length=1)
     seeds: list[Annotated[int, Field(ge=0)]] = Field([0, 1, 2], min_length=1)
     out: str = "reports"  # the table, markdown and plot; work files in <out>/.study-work

@@ -1,0 +1,61 @@
+"""How much of pretrained-vs-scratch is the labeled subset's luck? Fine-tune a project's exported
+encoder and the scratch baseline on several seeded labeled subsets of one size; print each pair
+and the mean +- std of the gain.
+
+Runs in a project whose pipeline has run (models/encoder.safetensors, params.yaml); writes
+nothing. The encoder is label-free, so every subset reuses it: only the labels, the fine-tuning
+seed and the head init change. Usage:
+
+    python benchmarks/subsets.py [--budget 10] [--seeds 0,1,2] [-S finetune.steps=600 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from flows.study import load_params  # noqa: E402
+from prefine import weights  # noqa: E402
+from prefine.ingest import read_pools  # noqa: E402
+from prefine.store import read_split  # noqa: E402
+from prefine.study import fine_tune_and_score  # noqa: E402
+from tasks.checkpoint import ENCODER  # noqa: E402
+from tasks.pretrain import UNLABELED  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repo", type=Path, default=Path("."))
+    parser.add_argument("--budget", type=int, default=10, help="labels per class")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value over params.yaml")
+    args = parser.parse_args()
+    params = load_params(args.repo, None, args.overrides)
+    p = params.finetune
+    encoder = args.repo / ENCODER
+    spec = weights.load(encoder)[1]["spec"]
+    pools = read_pools(params.ingest)
+    test = pools.images(pools.test)
+    unlabeled = read_split(args.repo / UNLABELED) if p.strategy == "semisup" else None
+    print(f"{args.budget} labels/class, {p.strategy}, {p.steps} steps, encoder {encoder}")
+    gains = []
+    for seed in map(int, args.seeds.split(",")):
+        labeled = pools.images(pools.labeled(args.budget, seed))
+        start = time.perf_counter()
+        pre = fine_tune_and_score(encoder, labeled, test, p, seed, unlabeled)["accuracy"]
+        scratch = fine_tune_and_score(spec, labeled, test, p, seed, unlabeled)["accuracy"]
+        gains.append(pre - scratch)
+        print(f"seed {seed}: pretrained {pre:.4f}  scratch {scratch:.4f}  gain {pre - scratch:+.4f}"
+              f"  ({time.perf_counter() - start:.0f} s)", flush=True)
+    spread = statistics.stdev(gains) if len(gains) > 1 else 0.0
+    print(f"gain over {len(gains)} subsets: {statistics.mean(gains):+.4f} +- {spread:.4f} (std)")
+
+
+if __name__ == "__main__":
+    main()
