@@ -12,7 +12,8 @@ from ruamel.yaml import YAML
 from prefine.params import ParamsError, parse
 
 
-def _assign(tree: dict, dotted: str) -> None:
+def assign(tree: dict, dotted: str) -> None:
+    """Set one `key.path=value` (the value parsed as YAML) in a params tree."""
     key, sep, raw = dotted.partition("=")
     if not sep or not key.strip():
         raise ParamsError(f"override {dotted!r}: expected key.path=value")
@@ -37,7 +38,7 @@ def apply(repo: Path, profile: str | None = None, overrides: list[str] | None = 
     if profile is not None:
         tree["profile"] = profile
     for item in overrides or []:
-        _assign(tree, item)
+        assign(tree, item)
     buffer = io.StringIO()
     rt.dump(tree, buffer)
     text = buffer.getvalue()

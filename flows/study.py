@@ -26,7 +26,7 @@ from prefect.futures import as_completed
 from prefect.utilities.annotations import quote
 
 from flows.gpu import GPU_TAG, ensure_gpu_limit, hold_device, visible_gpus
-from flows.overrides import _assign
+from flows.overrides import assign
 from prefine import fingerprint, weights
 from prefine.atomic import atomic_path
 from prefine.ingest import Pools, read_pools
@@ -67,7 +67,7 @@ def load_params(root: Path, profile: str | None, overrides: list[str] | None) ->
     if profile is not None:
         raw["profile"] = profile
     for item in overrides or []:
-        _assign(raw, item)
+        assign(raw, item)
     return parse(raw, str(path))
 
 
