@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from prefine import weights
 from prefine.augment import strong_view, weak_view
 from prefine.errors import PrefineError
-from prefine.nets import Classifier, ConvEncoder, MLPEncoder, to_float
+from prefine.nets import Classifier, ConvEncoder, EncoderSpec, MLPEncoder, build_encoder, to_float
 from prefine.params import FinetuneParams
 from prefine.store import ImageSet
 from prefine.training import EpochFn, Run, StepOutput, fit
@@ -35,6 +37,15 @@ def build(encoder: ConvEncoder | MLPEncoder, classes: int, strategy: str, unfree
     blocks = len(encoder.blocks)
     frozen = {"linear": blocks, "partial": blocks - min(unfreeze, blocks)}.get(strategy, 0)
     return Classifier(encoder, classes, frozen_blocks=frozen)
+
+
+def start(encoder: Path | EncoderSpec, classes: int, strategy: str, seed: int, unfreeze: int = 1) -> Classifier:
+    """Seed, then build the encoder (the pretrained weights file, or random init from a spec for
+    scratch) and the head: both builds draw the same random numbers, so a pretrained run and its
+    scratch twin start from the same head."""
+    torch.manual_seed(seed)
+    net = build_encoder(encoder) if strategy == "scratch" else weights.load_encoder(encoder)[0]
+    return build(net, classes, strategy, unfreeze)
 
 
 def optimizer_for(model: Classifier, p: FinetuneParams, strategy: str) -> torch.optim.Optimizer:

@@ -12,16 +12,15 @@ import threading
 from pathlib import Path
 
 import pandas as pd
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
 from prefine import device as devices
-from prefine import finetuning, weights
+from prefine import finetuning
 from prefine.atomic import atomic_path
 from prefine.evaluation import predict, scores
-from prefine.nets import EncoderSpec, build_encoder
+from prefine.nets import EncoderSpec
 from prefine.params import FinetuneParams, Params, PretrainParams
 from prefine.store import ImageSet
 
@@ -63,13 +62,10 @@ def fine_tune_and_score(
     unlabeled: ImageSet | None = None,
 ) -> dict[str, float]:
     """Fine-tune a pretrained encoder (a weights file; p.strategy) or train its architecture from
-    scratch (a spec) on `labeled`, then score it on `test`. Both build the encoder, then the
-    head, right after seeding, so a pretrained run and its scratch twin start from the same head."""
+    scratch (a spec) on `labeled`, then score it on `test` (finetuning.start pairs the two)."""
     strategy = "scratch" if isinstance(encoder, dict) else p.strategy
     with _INIT:
-        torch.manual_seed(seed)
-        net = build_encoder(encoder) if strategy == "scratch" else weights.load_encoder(encoder)[0]
-        model = finetuning.build(net, len(labeled.classes), strategy, unfreeze=p.unfreeze)
+        model = finetuning.start(encoder, len(labeled.classes), strategy, seed, p.unfreeze)
     device = devices.pick()
     finetuning.train(model, labeled, p, strategy=strategy, seed=seed, device=device, unlabeled=unlabeled)
     result = scores(test.labels, predict(model, test.images, device), test.classes)

@@ -131,3 +131,12 @@ def test_classifier_weights_round_trip_through_safetensors(tmp_path):
     assert meta["classes"] == ["dark", "light"]
     for key, value in model.state_dict().items():
         assert torch.equal(value, back.state_dict()[key])
+
+
+def test_a_pretrained_run_and_its_scratch_twin_start_from_the_same_head(tmp_path):
+    torch.manual_seed(1)
+    weights.save(tmp_path / "enc.safetensors", build_encoder(SPEC), {"spec": SPEC, "method": "simclr"})
+    pretrained = finetuning.start(tmp_path / "enc.safetensors", 2, "full", seed=0)
+    scratch = finetuning.start(SPEC, 2, "scratch", seed=0)
+    assert torch.equal(pretrained.head.weight, scratch.head.weight)
+    assert not torch.equal(pretrained.encoder.blocks[0][0].weight, scratch.encoder.blocks[0][0].weight)
