@@ -17,7 +17,7 @@ from torch.func import functional_call
 from torchvision.utils import save_image
 
 from prefine.atomic import atomic_path
-from prefine.nets import EncoderSpec, build_encoder, to_float
+from prefine.nets import EncoderSpec, build_encoder, mlp_to_image, to_float
 
 
 def build_generator(spec: EncoderSpec, latent: int) -> nn.Module:
@@ -29,10 +29,7 @@ def build_generator(spec: EncoderSpec, latent: int) -> nn.Module:
     """
     c, size, w = spec["channels"], spec["image_size"], spec["width"]
     if spec["kind"] == "mlp":
-        return nn.Sequential(
-            nn.Linear(latent, 256), nn.ReLU(), nn.Linear(256, 512), nn.ReLU(),
-            nn.Linear(512, c * size * size), nn.Sigmoid(), nn.Unflatten(1, (c, size, size)),
-        )
+        return mlp_to_image((latent, 256, 512), c, size)
     s = size // 4
     return nn.Sequential(
         nn.Linear(latent, 4 * w * s * s, bias=False), nn.BatchNorm1d(4 * w * s * s), nn.ReLU(),

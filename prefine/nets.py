@@ -67,14 +67,20 @@ def build_encoder(spec: EncoderSpec) -> ConvEncoder | MLPEncoder:
     raise ValueError(f"unknown encoder kind {spec['kind']!r}")
 
 
+def mlp_to_image(sizes: tuple[int, int, int], channels: int, image_size: int) -> nn.Sequential:
+    """A vector through two hidden ReLU layers (sizes = in, hidden, hidden) to an image in [0, 1]."""
+    n_in, h1, h2 = sizes
+    return nn.Sequential(
+        nn.Linear(n_in, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(),
+        nn.Linear(h2, channels * image_size**2), nn.Sigmoid(), nn.Unflatten(1, (channels, image_size, image_size)),
+    )
+
+
 def build_decoder(spec: EncoderSpec, dim: int) -> nn.Module:
     """Mirror of the encoder: embedding -> image in [0, 1] (sigmoid)."""
     c, size, w = spec["channels"], spec["image_size"], spec["width"]
     if spec["kind"] == "mlp":
-        return nn.Sequential(
-            nn.Linear(dim, 64), nn.ReLU(), nn.Linear(64, 256), nn.ReLU(),
-            nn.Linear(256, c * size * size), nn.Sigmoid(), nn.Unflatten(1, (c, size, size)),
-        )
+        return mlp_to_image((dim, 64, 256), c, size)
     s = size // 4
     return nn.Sequential(
         nn.Linear(dim, 2 * w * s * s), nn.ReLU(), nn.Unflatten(1, (2 * w, s, s)),
