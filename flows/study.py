@@ -31,7 +31,7 @@ from prefine import fingerprint, weights
 from prefine.atomic import atomic_path
 from prefine.ingest import Pools, read_pools
 from prefine.nets import EncoderSpec, encoder_spec
-from prefine.objectives import build_objective
+from prefine.objectives import load_pretrained
 from prefine.params import Params, load, parse
 from prefine.store import ImageSet
 from prefine.study import ALL, SCRATCH, fine_tune_and_score, per_class, results_table, run_params, write_report
@@ -129,9 +129,7 @@ def pretrain_encoder(params: Params, method: str, seed: int, data: StudyData, en
     run = run_params(params, seed, method)
     with gpu_slot():
         pretrain(run, data.unlabeled_dir, encoder.parent / "state.pt", encoder.parent / "plots")
-    state = torch.load(encoder.parent / "state.pt", map_location="cpu", weights_only=True)
-    objective = build_objective(state["meta"]["spec"], run.pretrain)
-    objective.load_state_dict(state["model"])
+    objective, state = load_pretrained(encoder.parent / "state.pt")
     weights.save(encoder, objective.encoder, {"spec": state["meta"]["spec"], "method": method})
     return encoder
 

@@ -8,6 +8,8 @@ which method ran. An objective may set `betas` for its Adam(W).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -114,3 +116,12 @@ def build_objective(spec: EncoderSpec, p: PretrainParams) -> nn.Module:
     if p.method == "vicreg":
         return VICReg(spec, p.expander)
     return SimCLR(spec, p.temperature)
+
+
+def load_pretrained(state_file: Path) -> tuple[nn.Module, dict]:
+    """The objective saved in a pretraining state file (training.fit's), and the whole state."""
+    state = torch.load(state_file, map_location="cpu", weights_only=True)
+    meta = state["meta"]
+    objective = build_objective(meta["spec"], PretrainParams(**meta["pretrain"]))
+    objective.load_state_dict(state["model"])
+    return objective, state

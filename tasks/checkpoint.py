@@ -6,13 +6,12 @@ import json
 import subprocess
 from pathlib import Path
 
-import torch
 
 from prefine import device as devices
 from prefine import fingerprint, weights
 from prefine.atomic import atomic_path
-from prefine.objectives import build_objective
-from prefine.params import Params, PretrainParams
+from prefine.objectives import load_pretrained
+from prefine.params import Params
 from prefine.probe import embed, knn_accuracy
 from prefine.store import read_split
 from tasks.pretrain import STATE, UNLABELED
@@ -35,10 +34,8 @@ def git_commit() -> str | None:
 
 
 def checkpoint(params: Params) -> dict:
-    state = torch.load(STATE, map_location="cpu", weights_only=True)
+    objective, state = load_pretrained(STATE)
     meta = state["meta"]
-    objective = build_objective(meta["spec"], PretrainParams(**meta["pretrain"]))
-    objective.load_state_dict(state["model"])
     encoder = objective.encoder
     labeled = read_split(LABELED)
     device = devices.pick()
