@@ -6,7 +6,7 @@ objective's .loss on a uint8 batch moved to the device, augmentation inside it w
 generator, bf16 autocast on CUDA, AdamW with the objective's betas). It also times the batched
 augmentation alone. A method that fails is reported and the others still run. Usage:
 
-    python benchmarks/gpu_methods.py [--device cuda] [--batch 512] [--steps 30] [--warmup 5] [--width 32]
+    python benchmarks/gpu_methods.py [--device cuda] [--batch 512] [--steps 30] [--warmup 5] [--width 32] [--depth 1]
     python benchmarks/gpu_methods.py --device cpu --steps 2 --batch 64     # smoke test
 """
 
@@ -76,9 +76,9 @@ def timed(step: Callable[[torch.Tensor], torch.Tensor | None], batches: list[tor
 
 def bench_method(method: str, args: argparse.Namespace, batches: list[torch.Tensor], device: torch.device) -> Row:
     """A short pretraining run of one method, as tasks/pretrain.py trains it."""
-    p = PretrainParams(method=method, width=args.width, batch_size=args.batch)
+    p = PretrainParams(method=method, width=args.width, depth=args.depth, batch_size=args.batch)
     torch.manual_seed(0)
-    model = build_objective(encoder_spec("conv", 1, 28, args.width), p).to(device)
+    model = build_objective(encoder_spec("conv", 1, 28, p.width, p.depth), p).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, betas=getattr(model, "betas", (0.9, 0.999)),
                                   weight_decay=p.weight_decay)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (allocations, cuDNN autotune)")
     parser.add_argument("--width", type=int, default=32, help="conv encoder width")
+    parser.add_argument("--depth", type=int, default=1, help="conv encoder: convs per block")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     images, what = load_images(Path(args.data), args.batch * (args.warmup + args.steps))
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     precision = "bf16 autocast" if device.type == "cuda" else "fp32"
     print(f"device {device} ({gpu}), torch {torch.__version__}, {precision}")
-    print(f"data: {what}; batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps, width {args.width}")
+    print(f"data: {what}; batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps, width {args.width} depth {args.depth}")
 
     rows = [bench_augment("aug: two_views", two_views, args, batches, device),
             bench_augment("aug: strong_view", strong_view, args, batches, device)]

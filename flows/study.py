@@ -30,7 +30,7 @@ from flows.overrides import assign
 from prefine import fingerprint, weights
 from prefine.atomic import atomic_path
 from prefine.ingest import Pools, read_pools
-from prefine.nets import EncoderSpec, encoder_spec
+from prefine.nets import EncoderSpec, spec_for
 from prefine.objectives import load_pretrained
 from prefine.params import Params, load, parse
 from prefine.store import ImageSet
@@ -105,7 +105,7 @@ def encoder_file(params: Params, method: str, seed: int, data: StudyData, work: 
 def scratch_spec(params: Params, data: StudyData) -> EncoderSpec:
     """The architecture of the study's encoders, which the scratch baseline trains from random init."""
     p = run_params(params, seed=0).pretrain  # the architecture is the same for every seed
-    return encoder_spec(p.encoder, data.unlabeled.images.shape[1], data.unlabeled.images.shape[2], p.width)
+    return spec_for(p, data.unlabeled.images)
 
 
 def row_file(params: Params, method: str, budget: int | str, seed: int, data: StudyData, work: Path) -> Path:

@@ -11,26 +11,29 @@ from typing import Any
 import torch
 from torch import nn
 
+from prefine.params import PretrainParams
+
 EncoderSpec = dict[str, Any]
 
 
-def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    )
+def _conv_block(c_in: int, c_out: int, depth: int) -> nn.Sequential:
+    """`depth` 3x3 conv + BatchNorm + ReLU layers, flat (depth 1 keeps the keys of older weights)."""
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1, bias=False),
+                   nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
 
 
 class ConvEncoder(nn.Module):
-    """Three conv blocks (width, 2*width, 4*width), pooled to a 4*width embedding."""
+    """Three conv blocks (width, 2*width, 4*width; `depth` convs each), pooled to a 4*width embedding."""
 
-    def __init__(self, channels: int, width: int) -> None:
+    def __init__(self, channels: int, width: int, depth: int = 1) -> None:
         super().__init__()
         self.blocks = nn.Sequential(
-            _conv_block(channels, width),
-            nn.Sequential(nn.MaxPool2d(2), _conv_block(width, 2 * width)),
-            nn.Sequential(nn.MaxPool2d(2), _conv_block(2 * width, 4 * width)),
+            _conv_block(channels, width, depth),
+            nn.Sequential(nn.MaxPool2d(2), _conv_block(width, 2 * width, depth)),
+            nn.Sequential(nn.MaxPool2d(2), _conv_block(2 * width, 4 * width, depth)),
         )
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.dim = 4 * width
@@ -55,13 +58,18 @@ class MLPEncoder(nn.Module):
         return self.blocks(x)
 
 
-def encoder_spec(kind: str, channels: int, image_size: int, width: int) -> EncoderSpec:
-    return {"kind": kind, "channels": channels, "image_size": image_size, "width": width}
+def encoder_spec(kind: str, channels: int, image_size: int, width: int, depth: int = 1) -> EncoderSpec:
+    return {"kind": kind, "channels": channels, "image_size": image_size, "width": width, "depth": depth}
+
+
+def spec_for(p: PretrainParams, images: torch.Tensor) -> EncoderSpec:
+    """The encoder a pretrain section asks for, sized for images shaped like these ([N, C, H, W])."""
+    return encoder_spec(p.encoder, images.shape[1], images.shape[2], p.width, p.depth)
 
 
 def build_encoder(spec: EncoderSpec) -> ConvEncoder | MLPEncoder:
-    if spec["kind"] == "conv":
-        return ConvEncoder(spec["channels"], spec["width"])
+    if spec["kind"] == "conv":  # weights exported before `depth` existed are depth 1
+        return ConvEncoder(spec["channels"], spec["width"], spec.get("depth", 1))
     if spec["kind"] == "mlp":
         return MLPEncoder(spec["channels"], spec["image_size"])
     raise ValueError(f"unknown encoder kind {spec['kind']!r}")

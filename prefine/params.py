@@ -40,6 +40,7 @@ class PretrainParams(_Section):
     method: Literal["autoencoder", "denoising", "simclr", "gan", "vicreg"] = "simclr"
     encoder: Literal["conv", "mlp"] = "conv"
     width: int = Field(32, ge=4, le=512)
+    depth: int = Field(1, ge=1, le=8)  # conv encoder: 3x3 convs per block
     epochs: int = Field(2, ge=1)
     batch_size: int = Field(256, ge=2)
     lr: float = Field(0.002, gt=0.0, le=1.0)

@@ -11,7 +11,7 @@ from prefine import device as devices
 from prefine import fingerprint
 from prefine.gan import GAN, save_samples
 from prefine.logbook import EpochLog
-from prefine.nets import encoder_spec
+from prefine.nets import spec_for
 from prefine.objectives import build_objective
 from prefine.params import Params
 from prefine.store import read_split
@@ -36,8 +36,7 @@ def fail_once_for_tests(record: dict) -> None:
 def pretrain(params: Params, unlabeled: Path = UNLABELED, state_file: Path = STATE, plots: Path = PLOTS) -> list[dict]:
     p = params.pretrain
     data = read_split(unlabeled)
-    channels, size = data.images.shape[1], data.images.shape[2]
-    spec = encoder_spec(p.encoder, channels, size, p.width)
+    spec = spec_for(p, data.images)
     torch.manual_seed(params.seed)
     device = devices.pick()
     model = build_objective(spec, p).to(device)

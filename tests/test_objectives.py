@@ -14,6 +14,14 @@ def test_encoder_embeds_to_its_dim(kind):
     assert encoder(torch.rand(5, 1, 28, 28)).shape == (5, encoder.dim)
 
 
+def test_conv_depth_stacks_convs_per_block_and_old_specs_are_depth_one():
+    deep = build_encoder(encoder_spec("conv", 1, 28, 8, depth=3))
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in deep.modules()) == 9
+    assert deep(torch.rand(2, 1, 28, 28)).shape == (2, 32)
+    old = {k: v for k, v in encoder_spec("conv", 1, 28, 8).items() if k != "depth"}  # weights from before `depth`
+    assert build_encoder(old).state_dict().keys() == build_encoder(encoder_spec("conv", 1, 28, 8)).state_dict().keys()
+
+
 def test_mlp_encoder_is_the_seeds_784_256_64_32():
     encoder = build_encoder(encoder_spec("mlp", 1, 28, 8))
     sizes = [(m.in_features, m.out_features) for m in encoder.modules() if isinstance(m, torch.nn.Linear)]
