@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     precision = "bf16 autocast" if device.type == "cuda" else "fp32"
     print(f"device {device} ({gpu}), torch {torch.__version__}, {precision}")
-    print(f"data: {what}; batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps, width {args.width} depth {args.depth}")
+    print(f"data: {what}; batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps, "
+          f"width {args.width} depth {args.depth}")
 
     rows = [bench_augment("aug: two_views", two_views, args, batches, device),
             bench_augment("aug: strong_view", strong_view, args, batches, device)]
