@@ -26,10 +26,10 @@ from torchvision.transforms import v2
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prefine.augment import two_views  # noqa: E402
-from prefine.nets import encoder_spec, to_float  # noqa: E402
-from prefine.objectives import SimCLR, nt_xent  # noqa: E402
-from prefine.sources import read_idx  # noqa: E402
+from prefine.data.augment import two_views  # noqa: E402
+from prefine.data.sources import read_idx  # noqa: E402
+from prefine.models.nets import encoder_spec, to_float  # noqa: E402
+from prefine.models.objectives import SimCLR, nt_xent  # noqa: E402
 
 Views = tuple[torch.Tensor, torch.Tensor]
 

@@ -25,12 +25,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prefine import device as devices  # noqa: E402
-from prefine.augment import strong_view, two_views  # noqa: E402
-from prefine.nets import encoder_spec, to_float  # noqa: E402
-from prefine.objectives import build_objective  # noqa: E402
+from prefine.data.augment import strong_view, two_views  # noqa: E402
+from prefine.data.sources import read_idx  # noqa: E402
+from prefine.models.nets import encoder_spec, to_float  # noqa: E402
+from prefine.models.objectives import build_objective  # noqa: E402
 from prefine.params import PretrainParams  # noqa: E402
-from prefine.sources import read_idx  # noqa: E402
+from prefine.training import device as devices  # noqa: E402
 
 METHODS = list(typing.get_args(PretrainParams.model_fields["method"].annotation))
 

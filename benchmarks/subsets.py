@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flows.study import load_params  # noqa: E402
-from prefine import weights  # noqa: E402
-from prefine.ingest import read_pools  # noqa: E402
-from prefine.store import read_split  # noqa: E402
-from prefine.study import fine_tune_and_score  # noqa: E402
+from prefine.data.ingest import read_pools  # noqa: E402
+from prefine.data.store import read_split  # noqa: E402
+from prefine.evaluate.study import fine_tune_and_score  # noqa: E402
+from prefine.models import weights  # noqa: E402
 from tasks.checkpoint import ENCODER  # noqa: E402
 from tasks.pretrain import UNLABELED  # noqa: E402
 

@@ -7,7 +7,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from prefine.registry import Decision
 
-METRICS = ("accuracy", "macro_f1")
+HEADLINE_METRICS = ("accuracy", "macro_f1")
 
 
 def _fmt(value: float | None) -> str:
@@ -22,7 +22,7 @@ def publish(decision: Decision) -> None:
     metrics = decision.version.metrics
     prod = decision.previous_prod
     rows = []
-    for name in METRICS:
+    for name in HEADLINE_METRICS:
         new = (metrics.get("pretrained") or {}).get(name)
         scratch = (metrics.get("scratch") or {}).get(name)
         old = prod.score(name) if prod else None

@@ -26,16 +26,25 @@ from prefect.futures import as_completed
 from prefect.utilities.annotations import quote
 
 from flows.gpu import GPU_TAG, ensure_gpu_limit, hold_device, visible_gpus
-from flows.overrides import assign
-from prefine import fingerprint, weights
+from prefine import fingerprint
 from prefine.atomic import atomic_path
-from prefine.ingest import Pools, read_pools
-from prefine.nets import EncoderSpec, spec_for
-from prefine.objectives import load_pretrained
-from prefine.params import Params, load, parse
-from prefine.store import ImageSet
-from prefine.study import ALL, SCRATCH, fine_tune_and_score, per_class, results_table, run_params, write_report
-from tasks.pretrain import pretrain
+from prefine.data.ingest import Pools, read_pools
+from prefine.data.store import ImageSet
+from prefine.evaluate.study import (
+    ALL,
+    fine_tune_and_score,
+    per_class,
+    results_table,
+    run_params,
+    write_report,
+)
+from prefine.models import weights
+from prefine.models.nets import EncoderSpec, spec_for
+from prefine.models.objectives import load_pretrained
+from prefine.params import Params, load, parse, resolve
+from prefine.paths import PARAMS_FILE, PROFILES_FILE
+from prefine.training.finetuning import SCRATCH
+from prefine.training.pretraining import pretrain
 
 WORK = ".study-work"  # under study.out; gitignored
 
@@ -59,15 +68,12 @@ class StudyData:
 def load_params(root: Path, profile: str | None, overrides: list[str] | None) -> Params:
     """params.yaml with `profile` and `key.path=value` overrides applied in memory only: the study
     never edits params.yaml, so it changes nothing DVC tracks."""
-    path = root / "params.yaml"
+    path = root / PARAMS_FILE
     params = load(path)  # names a missing or broken file
     if profile is None and not overrides:
         return params
     raw = yaml.safe_load(path.read_text())
-    if profile is not None:
-        raw["profile"] = profile
-    for item in overrides or []:
-        assign(raw, item)
+    resolve(raw, profile, overrides, root / PROFILES_FILE)
     return parse(raw, str(path))
 
 
@@ -146,8 +152,9 @@ def finetune_run(
     labeled = data.pools.images(data.pools.labeled(per_class(budget), seed, key="study.budgets"))
     with gpu_slot():
         start = time.perf_counter()
+        p = run_params(params, seed).finetune
         scored = fine_tune_and_score(
-            encoder or scratch_spec(params, data), labeled, data.test, run_params(params, seed).finetune, seed,
+            SCRATCH if encoder is None else p.strategy, encoder or scratch_spec(params, data), labeled, data.test, p, seed,
             data.unlabeled,
         )
         wall_s = round(time.perf_counter() - start, 1)

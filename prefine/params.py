@@ -1,7 +1,10 @@
 """params.yaml schema: one source of truth for every knob, checked before any work starts.
 
-A profile (``profile: quick``) overlays ``profiles.<name>`` on the sections, so DVC still sees
-plain params (``profile``, ``profiles`` and each section) and reruns what depends on them.
+params.yaml holds the values that train, all of them: DVC tracks each stage's sections, so
+dvc.lock records exactly what trained. A profile (profiles.yaml) is a named set of values that
+`prefine profile NAME` (or `--profile NAME`) writes into params.yaml; `-S key=value` is applied
+after it and wins. `default` sets every key that another profile sets, so switching back to it
+restores them.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from prefine.errors import PrefineError
+from prefine.paths import PARAMS_FILE, PROFILES_FILE
 
-PARAMS_FILE = Path("params.yaml")
+DEFAULT_PROFILE = "default"
 
 
 class ParamsError(PrefineError):
@@ -22,7 +26,8 @@ class ParamsError(PrefineError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: YAML's `true` is not an epoch count, nor "3" a batch size
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class IngestParams(_Section):
@@ -125,7 +130,6 @@ class StudyParams(_Section):
 
 
 class Params(_Section):
-    profile: str = "default"
     seed: int = Field(0, ge=0)
     ingest: IngestParams = IngestParams()
     pretrain: PretrainParams = PretrainParams()
@@ -133,13 +137,14 @@ class Params(_Section):
     finetune: FinetuneParams = FinetuneParams()
     registry: RegistryParams = RegistryParams()
     study: StudyParams = StudyParams()
-    profiles: dict[str, dict[str, dict[str, Any]]] = {}
 
 
 def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"])
     kind = error["type"]
     if kind == "extra_forbidden":
+        if key in ("profile", "profiles"):
+            return f"'{key}' is not a param: profiles live in {PROFILES_FILE}; switch with `prefine profile NAME`"
         section = error["loc"][:-1]
         model = Params
         for part in section:
@@ -149,40 +154,93 @@ def _describe(error: dict[str, Any]) -> str:
     return f"'{key}' = {error['input']!r}: {error['msg'].lower()}"
 
 
-def _overlay(base: dict[str, Any], profile: dict[str, Any], where: str) -> dict[str, Any]:
-    merged = dict(base)
-    for section, values in profile.items():
-        if section not in Params.model_fields or section in ("profile", "profiles", "seed"):
-            raise ParamsError(f"{where}: unknown section '{section}'")
-        merged[section] = {**(base.get(section) or {}), **(values or {})}
-    return merged
-
-
 def parse(raw: dict[str, Any], source: str = str(PARAMS_FILE)) -> Params:
-    """Validate raw params and apply the chosen profile; raise ParamsError naming the key."""
-    raw = dict(raw or {})
-    profiles = raw.get("profiles") or {}
-    name = raw.get("profile", "default")
-    if name != "default" and name not in profiles:
-        known = ", ".join(dict.fromkeys(["default", *profiles]))
-        raise ParamsError(f"{source}: 'profile' = {name!r} is not one of: {known}")
-    if name in profiles:
-        raw = _overlay(raw, profiles[name] or {}, f"{source}: profiles.{name}")
+    """Validate raw params; raise ParamsError naming every bad key."""
     try:
-        return Params.model_validate(raw)
+        return Params.model_validate(dict(raw or {}))
     except ValidationError as exc:
         problems = "; ".join(_describe(e) for e in exc.errors())
         raise ParamsError(f"{source}: {problems}") from None
 
 
-def load(path: Path = PARAMS_FILE) -> Params:
-    """Read and validate params.yaml (the profile applied)."""
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found (run from the project root)") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: expected a mapping of sections")
-    return parse(raw, str(path))
+        raise ParamsError(f"{path}: expected a mapping of {what}")
+    return raw
+
+
+def load(path: Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml."""
+    return parse(_read_yaml(path, "sections"), str(path))
+
+
+def load_profiles(path: Path = PROFILES_FILE) -> dict[str, dict[str, dict[str, Any]]]:
+    """profiles.yaml: {name: {section: {key: value}}}, each value checked against the schema."""
+    profiles = _read_yaml(path, "profiles")
+    for name, sections in profiles.items():
+        where = f"{path}: profile '{name}'"
+        if not isinstance(sections, dict):
+            raise ParamsError(f"{where}: expected a mapping of sections")
+        for section, values in sections.items():
+            model = Params.model_fields.get(section)
+            if model is None or section == "seed" or not isinstance(values, dict):
+                raise ParamsError(f"{where}: '{section}' is not a section with keys (sections: "
+                                  f"{', '.join(k for k in Params.model_fields if k != 'seed')})")
+            try:
+                model.annotation.model_validate(values)  # type: ignore[union-attr]
+            except ValidationError as exc:
+                problems = "; ".join(_describe({**e, "loc": (section, *e["loc"])}) for e in exc.errors())
+                raise ParamsError(f"{where}: {problems}") from None
+    if DEFAULT_PROFILE not in profiles:
+        raise ParamsError(f"{path}: no '{DEFAULT_PROFILE}' profile")
+    return profiles
+
+
+def apply_profile(tree: dict[str, Any], name: str, profiles: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """Write profile `name`'s values into a params tree (a plain or a round-trip YAML mapping)."""
+    if name not in profiles:
+        raise ParamsError(f"profile {name!r} is not one of: {', '.join(profiles)} ({PROFILES_FILE})")
+    for section, values in profiles[name].items():
+        node = tree.setdefault(section, {})
+        for key, value in values.items():
+            node[key] = value
+
+
+def matching_profiles(tree: dict[str, Any], profiles: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """The profiles whose every value equals the one in `tree` (params.yaml as read)."""
+    return [
+        name for name, sections in profiles.items()
+        if all((tree.get(section) or {}).get(key) == value
+               for section, values in sections.items() for key, value in values.items())
+    ]
+
+
+def assign(tree: dict[str, Any], dotted: str) -> None:
+    """Set one `key.path=value` (the value parsed as YAML) in a params tree, like `dvc exp run -S`."""
+    key, sep, raw = dotted.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"override {dotted!r}: expected key.path=value")
+    *parents, leaf = key.strip().split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ParamsError(f"override {dotted!r}: '{part}' is not a section")
+    try:
+        node[leaf] = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"override {dotted!r}: not a YAML value ({exc.__class__.__name__})") from None
+
+
+def resolve(tree: dict[str, Any], profile: str | None, overrides: list[str] | None, profiles_file: Path) -> None:
+    """The one way a run's params are made: the profile's values, then each override (which wins)."""
+    if profile is not None:
+        apply_profile(tree, profile, load_profiles(profiles_file))
+    for item in overrides or []:
+        assign(tree, item)

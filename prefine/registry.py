@@ -17,13 +17,14 @@ import yaml
 from gto import api as gto
 from gto.exceptions import ArtifactNotFound
 
+from prefine import paths
 from prefine.errors import PrefineError
 from prefine.params import RegistryParams
 
-ENCODER, CLASSIFIER = "encoder", "classifier"
-PATHS = {ENCODER: "models/encoder.safetensors", CLASSIFIER: "models/classifier.safetensors"}
-METRICS = "metrics/evaluate.json"
-COMMIT_PATHS = ("dvc.lock", "params.yaml", "metrics", "plots")
+ENCODER_ARTIFACT, CLASSIFIER_ARTIFACT = "encoder", "classifier"  # names in dvc.yaml `artifacts:`
+ARTIFACT_FILES = {ENCODER_ARTIFACT: paths.ENCODER_FILE.as_posix(), CLASSIFIER_ARTIFACT: paths.CLASSIFIER_FILE.as_posix()}
+METRICS_FILE = paths.EVALUATE_METRICS_FILE.as_posix()
+COMMITTED_PATHS = ("dvc.lock", "params.yaml", "metrics", "plots")
 PROD = "prod"
 
 
@@ -74,7 +75,7 @@ def _show(repo: Path, commit: str, path: str) -> str | None:
 
 
 def metrics_at(repo: Path, commit: str) -> dict:
-    text = _show(repo, commit, METRICS)
+    text = _show(repo, commit, METRICS_FILE)
     return json.loads(text) if text else {}
 
 
@@ -91,7 +92,7 @@ def output_md5(repo: Path, commit: str, path: str) -> str | None:
 def commit_outputs(repo: Path, message: str) -> bool:
     """Commit what a version needs (dvc.lock, params, metrics, plots, DVC's .gitignores)."""
     ignores = git(repo, "ls-files", "-mo", "--exclude-standard", "--", ":(glob)**/.gitignore").split()
-    present = [p for p in COMMIT_PATHS if (repo / p).exists()] + ignores
+    present = [p for p in COMMITTED_PATHS if (repo / p).exists()] + ignores
     git(repo, "add", "-A", "--", *present)
     if not git(repo, "diff", "--cached", "--name-only", "--", *present).strip():
         return False
@@ -99,7 +100,7 @@ def commit_outputs(repo: Path, message: str) -> bool:
     return True
 
 
-def versions(repo: Path, name: str = CLASSIFIER) -> list[Version]:
+def versions(repo: Path, name: str = CLASSIFIER_ARTIFACT) -> list[Version]:
     """Registered versions of `name`, newest first, each with its metrics."""
     try:
         found = gto.show(str(repo), name, registered_only=True)
@@ -117,7 +118,7 @@ def _semver(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version))
 
 
-def prod_history(repo: Path, name: str = CLASSIFIER) -> list[Version]:
+def prod_history(repo: Path, name: str = CLASSIFIER_ARTIFACT) -> list[Version]:
     """Each prod assignment's version, newest assignment first (the first one is prod now)."""
     refs = git(repo, "for-each-ref", f"refs/tags/{name}#{PROD}#*", "--format=%(refname:short) %(*objectname)")
     by_commit = {v.commit: v for v in versions(repo, name)}
@@ -126,7 +127,7 @@ def prod_history(repo: Path, name: str = CLASSIFIER) -> list[Version]:
     return [by_commit[commit] for _, commit in tags if commit in by_commit]
 
 
-def prod(repo: Path, name: str = CLASSIFIER) -> Version | None:
+def prod(repo: Path, name: str = CLASSIFIER_ARTIFACT) -> Version | None:
     history = prod_history(repo, name)
     return history[0] if history else None
 
@@ -136,7 +137,7 @@ def gate(candidate: dict, current: Version | None, settings: RegistryParams) -> 
     metric, margin = settings.metric, settings.margin
     new = score(candidate, metric)
     if new is None:
-        return False, f"no '{metric}' in {METRICS}: nothing to compare"
+        return False, f"no '{metric}' in {METRICS_FILE}: nothing to compare"
     if current is None:
         return True, f"first version ({metric} {new:.4f}) becomes prod"
     old = current.score(metric)
@@ -150,9 +151,9 @@ def gate(candidate: dict, current: Version | None, settings: RegistryParams) -> 
 def _register(repo: Path, name: str, message: str) -> Version:
     """A new version of `name` at HEAD, or the latest one if its file is unchanged."""
     head = git(repo, "rev-parse", "HEAD").strip()
-    md5 = output_md5(repo, head, PATHS[name])
+    md5 = output_md5(repo, head, ARTIFACT_FILES[name])
     latest = next(iter(versions(repo, name)), None)
-    if latest and output_md5(repo, latest.commit, PATHS[name]) == md5:
+    if latest and output_md5(repo, latest.commit, ARTIFACT_FILES[name]) == md5:
         return latest
     try:
         gto.register(str(repo), name, "HEAD", message=message)
@@ -166,18 +167,18 @@ def register(repo: Path, settings: RegistryParams) -> Decision:
     repo = Path(repo)
     if settings.commit:
         commit_outputs(repo, "prefine: training run (dvc.lock, params, metrics)")
-    encoder = _register(repo, ENCODER, "pretrained encoder")
+    encoder = _register(repo, ENCODER_ARTIFACT, "pretrained encoder")
     previous = prod(repo)
     head = git(repo, "rev-parse", "HEAD").strip()
     candidate = metrics_at(repo, head)
     known = {v.version for v in versions(repo)}
     promote, reason = gate(candidate, previous, settings)
-    version = _register(repo, CLASSIFIER, f"from {ENCODER}@{encoder.version}; gate: {reason}")
+    version = _register(repo, CLASSIFIER_ARTIFACT, f"from {ENCODER_ARTIFACT}@{encoder.version}; gate: {reason}")
     if version.version in known:
         held = previous is not None and previous.version == version.version
         return Decision(version, held, f"model unchanged: already {version.version}", False, previous, encoder.version)
     if promote:
-        gto.assign(str(repo), CLASSIFIER, PROD, version=version.version, message=reason, force=True)
+        gto.assign(str(repo), CLASSIFIER_ARTIFACT, PROD, version=version.version, message=reason, force=True)
     return Decision(version, promote, reason, True, previous, encoder.version)
 
 
@@ -194,6 +195,6 @@ def rollback(repo: Path, to: str | None = None) -> Version:
     else:
         target = next((v for v in versions(repo) if v.version == to), None)
         if target is None:
-            raise RegistryError(f"no version {to} of {CLASSIFIER}")
-    gto.assign(str(repo), CLASSIFIER, PROD, version=target.version, message=f"rollback from {history[0].version}", force=True)
+            raise RegistryError(f"no version {to} of {CLASSIFIER_ARTIFACT}")
+    gto.assign(str(repo), CLASSIFIER_ARTIFACT, PROD, version=target.version, message=f"rollback from {history[0].version}", force=True)
     return target

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
-
-from prefine import device as devices
-from prefine import fingerprint, weights
+from prefine import fingerprint, paths
 from prefine.atomic import atomic_path
-from prefine.objectives import load_pretrained
+from prefine.data.store import read_split
+from prefine.evaluate.probe import embed, knn_accuracy
+from prefine.models import weights
+from prefine.models.objectives import load_pretrained
 from prefine.params import Params
-from prefine.probe import embed, knn_accuracy
-from prefine.store import read_split
-from tasks.pretrain import STATE, UNLABELED
+from prefine.training import device as devices
 from tasks.stage import run_stage
-
-LABELED = Path("data/labeled")
-ENCODER = Path("models/encoder.safetensors")
-CARD = Path("models/encoder.card.json")
-METRICS = Path("metrics/pretrain.json")
 
 
 def git_commit() -> str | None:
@@ -34,10 +27,10 @@ def git_commit() -> str | None:
 
 
 def checkpoint(params: Params) -> dict:
-    objective, state = load_pretrained(STATE)
+    objective, state = load_pretrained(paths.PRETRAIN_STATE_FILE)
     meta = state["meta"]
     encoder = objective.encoder
-    labeled = read_split(LABELED)
+    labeled = read_split(paths.LABELED_DIR)
     device = devices.pick()
     z = embed(encoder.to(device), labeled.images, device)
     history = state["history"]
@@ -57,17 +50,17 @@ def checkpoint(params: Params) -> dict:
             "git_commit": git_commit(),
             "data": {
                 split: fingerprint.file_sha256(folder / "manifest.parquet")
-                for split, folder in (("unlabeled", UNLABELED), ("labeled", LABELED))
+                for split, folder in (("unlabeled", paths.UNLABELED_DIR), ("labeled", paths.LABELED_DIR))
             },
-            "training_state": fingerprint.file_sha256(STATE),
+            "training_state": fingerprint.file_sha256(paths.PRETRAIN_STATE_FILE),
         },
         "history": history,
     }
-    weights.save(ENCODER, encoder, {"spec": meta["spec"], "method": meta["method"]})
-    for path, body in ((CARD, card), (METRICS, metrics)):
+    weights.save(paths.ENCODER_FILE, encoder, {"spec": meta["spec"], "method": meta["method"]})
+    for path, body in ((paths.ENCODER_CARD_FILE, card), (paths.PRETRAIN_METRICS_FILE, metrics)):
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(body, indent=2) + "\n")
-    print(f"checkpoint: {ENCODER} ({meta['method']}, {state['epoch']} epochs), kNN accuracy {metrics['knn_accuracy']:.4f}")
+    print(f"checkpoint: {paths.ENCODER_FILE} ({meta['method']}, {state['epoch']} epochs), kNN accuracy {metrics['knn_accuracy']:.4f}")
     return metrics
 
 

@@ -3,35 +3,30 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 
-from prefine import device as devices
-from prefine import weights
+from prefine import paths
 from prefine.atomic import atomic_path
-from prefine.evaluation import predict, scores
+from prefine.data.store import read_split
+from prefine.evaluate.metrics import predict, scores
+from prefine.models import weights
 from prefine.params import Params
-from prefine.store import read_split
-from tasks.finetune import CLASSIFIER, SCRATCH
+from prefine.training import device as devices
 from tasks.stage import run_stage
-
-TEST = Path("data/test")
-METRICS = Path("metrics/evaluate.json")
-CONFUSION = Path("plots/confusion")
 
 
 def evaluate(params: Params) -> dict:
-    test = read_split(TEST)
+    test = read_split(paths.TEST_DIR)
     device = devices.pick()
     results, meta = {}, {}
-    for name, path in (("pretrained", CLASSIFIER), ("scratch", SCRATCH)):
+    for name, path in (("pretrained", paths.CLASSIFIER_FILE), ("scratch", paths.SCRATCH_FILE)):
         model, meta[name] = weights.load_classifier(path)
         predicted = predict(model, test.images, device)
         results[name] = scores(test.labels, predicted, test.classes)
         names = pd.Series(test.classes)
         frame = pd.DataFrame({"actual": names[test.labels.numpy()].values, "predicted": names[predicted.numpy()].values})
-        with atomic_path(CONFUSION / f"{name}.csv") as tmp:
+        with atomic_path(paths.CONFUSION_PLOTS_DIR / f"{name}.csv") as tmp:
             frame.to_csv(tmp, index=False)
     metrics = {
         "strategy": meta["pretrained"]["strategy"],
@@ -42,7 +37,7 @@ def evaluate(params: Params) -> dict:
             key: round(results["pretrained"][key] - results["scratch"][key], 4) for key in ("accuracy", "macro_f1")
         },
     }
-    with atomic_path(METRICS) as tmp:
+    with atomic_path(paths.EVALUATE_METRICS_FILE) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     for name in ("pretrained", "scratch"):
         r = results[name]

@@ -2,37 +2,28 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-
-from prefine import device as devices
-from prefine import finetuning, fingerprint, weights
-from prefine.logbook import EpochLog
+from prefine import fingerprint, paths
+from prefine.data.store import read_split
+from prefine.models import weights
 from prefine.params import Params
-from prefine.store import read_split
-from tasks.checkpoint import ENCODER, LABELED
-from tasks.pretrain import UNLABELED
+from prefine.training import device as devices
+from prefine.training import finetuning
+from prefine.training.finetuning import SCRATCH
+from prefine.training.logbook import EpochLog
 from tasks.stage import run_stage
-
-CLASSIFIER = Path("models/classifier.safetensors")
-SCRATCH = Path("models/scratch.safetensors")
-PLOTS = Path("plots/finetune")
 
 
 def finetune(params: Params) -> None:
     p = params.finetune
-    labeled = read_split(LABELED)
-    unlabeled = read_split(UNLABELED) if p.strategy == "semisup" else None
+    labeled = read_split(paths.LABELED_DIR)
+    unlabeled = read_split(paths.UNLABELED_DIR) if p.strategy == "semisup" else None
     device = devices.pick()
-    spec = weights.load(ENCODER)[1]["spec"]
+    spec = weights.load(paths.ENCODER_FILE)[1]["spec"]
     print(f"finetune: {len(labeled)} labeled images, {p.steps} steps, device {device}", flush=True)
-    runs = (
-        ("pretrained", p.strategy, ENCODER, CLASSIFIER),
-        ("scratch", "scratch", spec, SCRATCH),
-    )
-    for name, strategy, encoder, target in runs:
-        model = finetuning.start(encoder, len(labeled.classes), strategy, params.seed, p.unfreeze)
-        log = EpochLog(PLOTS / name)
+    runs = (("pretrained", p.strategy, paths.CLASSIFIER_FILE), ("scratch", SCRATCH, paths.SCRATCH_FILE))
+    for name, strategy, target in runs:
+        model = finetuning.start(strategy, paths.ENCODER_FILE, len(labeled.classes), params.seed, p.unfreeze)
+        log = EpochLog(paths.FINETUNE_PLOTS_DIR / name)
         try:
             finetuning.train(model, labeled, p, strategy, params.seed, device, log, unlabeled)
         finally:
@@ -42,7 +33,7 @@ def finetune(params: Params) -> None:
             "classes": labeled.classes,
             "strategy": strategy,
             "labels_per_class": p.labels_per_class,
-            "encoder": fingerprint.file_sha256(ENCODER) if strategy != "scratch" else None,
+            "encoder": None if strategy == SCRATCH else fingerprint.file_sha256(paths.ENCODER_FILE),
         }
         weights.save(target, model, meta)
         print(f"finetune: wrote {target} ({strategy})", flush=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefine.ingest import ingest
+from prefine.data.ingest import ingest
 from prefine.params import Params
 from tasks.stage import run_stage
 

@@ -6,4 +6,4 @@ from __future__ import annotations
 from projects import dvc, git, make_project  # noqa: F401  (re-exported for the flow tests)
 
 # Smaller than the quick profile: these tests check orchestration, not model quality.
-TEST_PARAMS = ["profiles.quick.ingest.limit=600", "profiles.quick.finetune.steps=10"]
+TEST_PARAMS = ["ingest.limit=600", "finetune.steps=10"]

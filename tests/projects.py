@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "prefine", "tasks", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "profiles.yaml", "prefine", "tasks", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore")
 # stage commands say `python`: the one running us, as in an activated venv
 VENV_ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 

@@ -4,7 +4,7 @@ test_finetuning.py)."""
 import pytest
 import torch
 
-from prefine.augment import (
+from prefine.data.augment import (
     random_erasing,
     random_gaussian_blur,
     random_hflip,

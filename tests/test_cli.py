@@ -13,8 +13,8 @@ from prefect_fixtures import TEST_PARAMS, make_project
 from test_registry import SETTINGS, repo, train  # noqa: F401
 from typer.testing import CliRunner
 
+from flows.cli import app
 from prefine import registry
-from prefine.cli import app
 
 runner = CliRunner()
 
@@ -47,7 +47,7 @@ def test_bad_override_changes_nothing(tmp_path: Path) -> None:
 
 def test_failed_stage_is_named_in_exit_code_and_flow_state(prefect_server: str, tmp_path: Path) -> None:
     project = make_project(tmp_path / "project", tmp_path / "no-such-folder", TEST_PARAMS)
-    result = subprocess.run([sys.executable, "-m", "prefine.cli", "flow", "--repo", str(project), "--no-register"],
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "flow", "--repo", str(project), "--no-register"],
                             capture_output=True, text=True)
     assert result.returncode == 10, result.stdout[-3000:]  # 10 + index of `ingest`
     assert "stage 'ingest' failed" in result.stdout

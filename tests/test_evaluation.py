@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from prefine.evaluation import scores
-from prefine.probe import knn_accuracy
+from prefine.evaluate.metrics import scores
+from prefine.evaluate.probe import knn_accuracy
 
 
 def test_scores_on_a_hand_checked_example():

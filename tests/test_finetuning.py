@@ -1,12 +1,19 @@
 import pytest
 import torch
 
-from prefine import finetuning, weights
-from prefine.augment import random_brightness_contrast, random_hflip, random_resized_crop, random_shift, two_views
-from prefine.nets import build_encoder, encoder_spec
+from prefine.data.augment import (
+    random_brightness_contrast,
+    random_hflip,
+    random_resized_crop,
+    random_shift,
+    two_views,
+)
+from prefine.data.store import ImageSet
 from prefine.errors import PrefineError
+from prefine.models import weights
+from prefine.models.nets import build_encoder, encoder_spec
 from prefine.params import FinetuneParams
-from prefine.store import ImageSet
+from prefine.training import finetuning
 
 SPEC = encoder_spec("conv", 1, 16, 4)
 
@@ -136,7 +143,7 @@ def test_classifier_weights_round_trip_through_safetensors(tmp_path):
 def test_a_pretrained_run_and_its_scratch_twin_start_from_the_same_head(tmp_path):
     torch.manual_seed(1)
     weights.save(tmp_path / "enc.safetensors", build_encoder(SPEC), {"spec": SPEC, "method": "simclr"})
-    pretrained = finetuning.start(tmp_path / "enc.safetensors", 2, "full", seed=0)
-    scratch = finetuning.start(SPEC, 2, "scratch", seed=0)
+    pretrained = finetuning.start("full", tmp_path / "enc.safetensors", 2, seed=0)
+    scratch = finetuning.start(finetuning.SCRATCH, SPEC, 2, seed=0)
     assert torch.equal(pretrained.head.weight, scratch.head.weight)
     assert not torch.equal(pretrained.encoder.blocks[0][0].weight, scratch.encoder.blocks[0][0].weight)

@@ -1,7 +1,8 @@
 """The Prefect flows against a real Prefect server, real DVC and real git.
 
-One project per module, trained once (by two concurrent flow runs, one of them crashing once);
-the tests then run in file order on it, each leaving it up to date for the next. The promotion
+One project per module, trained once (by two concurrent flow runs, one of them crashing once) in
+the `first_training` fixture that every test asks for; each test leaves the project up to date,
+so they pass in any order. The promotion
 gate's outcomes (worse, better, rollback) are covered on fabricated runs in test_registry.py.
 """
 
@@ -18,6 +19,7 @@ from itertools import combinations
 from pathlib import Path
 from uuid import UUID
 
+import faults
 import pytest
 import yaml
 from prefect import get_client
@@ -40,7 +42,7 @@ from flows.training import training
 from prefine import registry
 from prefine.params import RegistryParams
 
-PREFINE = [sys.executable, "-m", "prefine.cli"]
+PREFINE = [sys.executable, "-m", "flows.cli"]
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +85,9 @@ def _flow_run_id(state) -> UUID:
 @pytest.fixture(scope="module")
 def first_training(project: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The project's first training: two `prefine flow` runs at once, with a one-time crash of
-    pretraining after epoch 1 injected (PREFINE_FAIL_ONCE) into whichever trains."""
+    pretraining after epoch 1 injected (tests/faults.py) into whichever trains."""
     marker = tmp_path_factory.mktemp("fail-once") / "crashed"
-    env = {**os.environ, "PREFINE_FAIL_ONCE": str(marker)}
+    env = faults.subprocess_env(marker)
     command = [*PREFINE, "flow", "--repo", str(project), "--retries", "1", "--retry-delay", "0", "--retry-jitter", "0"]
     runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for _ in range(2)]
@@ -124,7 +126,7 @@ def test_transient_pretrain_failure_is_retried_and_resumes(project: Path, first_
     assert json.loads((project / "metrics/pretrain.json").read_text())["epochs"] == 2
 
 
-def test_flow_and_dvc_repro_agree_on_dvc_lock(project: Path) -> None:
+def test_flow_and_dvc_repro_agree_on_dvc_lock(project: Path, first_training: dict) -> None:
     lock = (project / "dvc.lock").read_text()
     assert git(project, "status", "--porcelain", "dvc.lock", "metrics") == ""  # committed for the version
     repro = dvc(project, "repro")
@@ -132,12 +134,10 @@ def test_flow_and_dvc_repro_agree_on_dvc_lock(project: Path) -> None:
     assert (project / "dvc.lock").read_text() == lock
 
 
-def test_unchanged_run_skips_every_stage_quickly(project: Path) -> None:
-    started = time.perf_counter()
+def test_unchanged_run_skips_every_stage(project: Path, first_training: dict) -> None:
     state = training(repo=str(project), return_state=True)
-    elapsed = time.perf_counter() - started
     summary = state.result()
-    assert set(summary["stages"].values()) == {"Skipped"} and elapsed < 15, (summary, elapsed)
+    assert set(summary["stages"].values()) == {"Skipped"}, summary
     assert summary["reason"].startswith("model unchanged")
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
@@ -146,7 +146,7 @@ def test_unchanged_run_skips_every_stage_quickly(project: Path) -> None:
     assert {a.key for a in artifacts} == {"prefine-metrics", "prefine-promotion"}
 
 
-def test_deployment_run_is_picked_up_and_skips_unchanged_data(project: Path) -> None:
+def test_deployment_run_is_picked_up_and_skips_unchanged_data(project: Path, first_training: dict) -> None:
     env = {**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     server = subprocess.Popen([*PREFINE, "serve", "--repo", str(project)], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -176,7 +176,7 @@ def test_deployment_run_is_picked_up_and_skips_unchanged_data(project: Path) -> 
         server.wait(timeout=30)
 
 
-def test_retrain_runs_training_when_the_watched_folder_changes(project: Path) -> None:
+def test_retrain_runs_training_when_the_watched_folder_changes(project: Path, first_training: dict) -> None:
     watched = Path(yaml.safe_load((project / "params.yaml").read_text())["ingest"]["path"])
     (watched / "README.txt").write_text("new drop\n")  # a new file in the watched folder
     result = retrain(repo=str(project), registry=RegistryParams(push=False))

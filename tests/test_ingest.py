@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from prefine.data.ingest import dedupe, ingest
+from prefine.data.sources import FASHION_CLASSES
+from prefine.data.store import read_split, read_split_manifest
 from prefine.errors import PrefineError
-from prefine.ingest import dedupe, ingest
 from prefine.params import Params, parse
-from prefine.sources import FASHION_CLASSES
-from prefine.store import read_manifest, read_split
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def _tree(root: Path, write_png, counts: dict[str, range]) -> None:
 
 
 def _shas(where: Path, split: str) -> set[str]:
-    return set(read_manifest(where / "data" / split)["sha256"])
+    return set(read_split_manifest(where / "data" / split)["sha256"])
 
 
 def test_fashion_mnist_slice(fmnist_slice, tmp_path):
@@ -67,7 +67,7 @@ def test_fashion_mnist_slice(fmnist_slice, tmp_path):
     labeled = read_split(tmp_path / "data" / "labeled")
     assert pool.images.shape == (1200, 1, 28, 28) and set(pool.labels.tolist()) == {-1}
     assert labeled.labels.bincount().tolist() == [5] * 10 and labeled.classes == FASHION_CLASSES
-    manifests = {s: read_manifest(tmp_path / "data" / s) for s in ("unlabeled", "labeled", "test")}
+    manifests = {s: read_split_manifest(tmp_path / "data" / s) for s in ("unlabeled", "labeled", "test")}
     assert list(manifests["test"].columns) == ["id", "sha256", "label", "split", "source"]
     assert manifests["unlabeled"]["label"].isna().all()
     assert set(manifests["labeled"]["label"]) == set(FASHION_CLASSES)
@@ -98,7 +98,7 @@ def test_split_and_selection_stable_when_images_added(tmp_path, write_png):
     _run(params, second)
     assert _shas(first, "unlabeled") < _shas(second, "unlabeled")
     assert _shas(first, "test") < _shas(second, "test")
-    bags = [read_manifest(w / "data" / "labeled").query("label == 'Bag'") for w in (first, second)]
+    bags = [read_split_manifest(w / "data" / "labeled").query("label == 'Bag'") for w in (first, second)]
     assert bags[0]["id"].tolist() == bags[1]["id"].tolist() and len(bags[0]) == 3
 
 

@@ -8,25 +8,34 @@ import json
 import math
 from pathlib import Path
 
+import faults
 import pytest
 import torch
 import yaml
 from PIL import Image
 
-from prefine.ingest import ingest
-from prefine.params import Params, parse
+from prefine import paths
+from prefine.data.ingest import ingest
+from prefine.params import Params, apply_profile, load_profiles, parse
+from prefine.training.pretraining import pretrain as pretrain_on
 from tasks.checkpoint import checkpoint
 from tasks.evaluate import evaluate
 from tasks.finetune import finetune
-from tasks.pretrain import PLOTS, SAMPLES, STATE, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["autoencoder", "denoising", "simclr", "gan", "vicreg"]
 
 
+def pretrain(params: Params, state_file: Path = paths.PRETRAIN_STATE_FILE, plots: Path = paths.PRETRAIN_PLOTS_DIR) -> list[dict]:
+    """What the pretrain stage runs, with its paths."""
+    return pretrain_on(params, paths.UNLABELED_DIR, state_file, plots)
+
+
 def tiny_params(source: Path, method: str = "simclr", epochs: int = 1) -> Params:
     """The repo's quick profile, smaller still: width 8, one epoch, 10 fine-tuning steps."""
-    params = parse({**yaml.safe_load((ROOT / "params.yaml").read_text()), "profile": "quick"})
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    apply_profile(raw, "quick", load_profiles(ROOT / "profiles.yaml"))
+    params = parse(raw)
     return params.model_copy(update={
         "ingest": params.ingest.model_copy(update={"path": str(source)}),
         "pretrain": params.pretrain.model_copy(update={"method": method, "epochs": epochs, "width": 8}),
@@ -45,7 +54,6 @@ def data(tmp_path_factory, fmnist_slice) -> Path:
 def project(data, tmp_path, monkeypatch) -> Path:
     """A fresh folder (not a git repo: DVCLive is fine with that) whose data/ is the shared ingest."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("PREFINE_FAIL_ONCE", raising=False)
     (tmp_path / "data").symlink_to(data)
     return tmp_path
 
@@ -65,10 +73,10 @@ def test_method_pretrains_an_encoder_that_fine_tunes_and_evaluates(method, proje
     assert 0.0 <= probe["knn_accuracy"] <= 1.0
     for name in ("pretrained", "scratch"):
         assert 0.0 <= metrics[name]["accuracy"] <= 1.0
-    samples = PLOTS / SAMPLES
+    samples = paths.GAN_SAMPLES_FILE
     if method == "gan":
         assert {"d_loss", "g_loss", "d_real", "d_fake"} <= history[0].keys()
-        assert (PLOTS / "plots/metrics/g_loss.tsv").is_file()
+        assert (paths.PRETRAIN_PLOTS_DIR / "plots/metrics/g_loss.tsv").is_file()
         assert Image.open(samples).size == (8 * (28 + 2) + 2,) * 2  # 8 x 8 samples, 2-pixel padding
     else:
         assert not samples.exists()
@@ -79,10 +87,10 @@ def test_gan_resumed_after_a_crash_ends_as_an_uninterrupted_run(project, fmnist_
     params = tiny_params(fmnist_slice, "gan", epochs=2)
     reference_state = Path("reference/state.pt")
     reference = pretrain(params, state_file=reference_state, plots=Path("reference/plots"))
-    monkeypatch.setenv("PREFINE_FAIL_ONCE", str(project / "failed-once"))
+    faults.crash_once(monkeypatch, project / "failed-once")
     with pytest.raises(RuntimeError, match="injected failure"):
         pretrain(params)
     assert pretrain(params) == reference
     expected = torch.load(reference_state, weights_only=True)["model"]
-    for key, value in torch.load(STATE, weights_only=True)["model"].items():
+    for key, value in torch.load(paths.PRETRAIN_STATE_FILE, weights_only=True)["model"].items():
         assert torch.equal(value, expected[key]), key

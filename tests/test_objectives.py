@@ -3,8 +3,8 @@ import copy
 import pytest
 import torch
 
-from prefine.nets import build_encoder, encoder_spec
-from prefine.objectives import build_objective, nt_xent, vicreg_loss
+from prefine.models.nets import build_encoder, encoder_spec
+from prefine.models.objectives import build_objective, nt_xent, vicreg_loss
 from prefine.params import PretrainParams
 
 

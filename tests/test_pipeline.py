@@ -32,7 +32,7 @@ def ran(output: str) -> list[str]:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, fmnist_slice) -> Path:
     # four epochs, so that a kill can land between two of them
-    overrides = ["profiles.quick.pretrain.epochs=4"]
+    overrides = ["pretrain.epochs=4"]
     path = make_project(tmp_path_factory.mktemp("pipeline") / "project", fmnist_slice, overrides)
     out = run_dvc(path, "repro")
     assert ran(out) == STAGES, out

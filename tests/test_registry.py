@@ -38,12 +38,12 @@ def repo(tmp_path: Path) -> Path:
 
 def train(repo: Path, accuracy: float, classifier: str, encoder: str = "e1") -> None:
     """What a pipeline run leaves for the registry: output hashes in dvc.lock, test metrics."""
-    outs = {"checkpoint": (registry.PATHS["encoder"], encoder), "finetune": (registry.PATHS["classifier"], classifier)}
+    outs = {"checkpoint": (registry.ARTIFACT_FILES["encoder"], encoder), "finetune": (registry.ARTIFACT_FILES["classifier"], classifier)}
     lock = {"schema": "2.0", "stages": {s: {"outs": [{"path": p, "md5": m}]} for s, (p, m) in outs.items()}}
     (repo / "dvc.lock").write_text(yaml.safe_dump(lock))
     (repo / "metrics").mkdir(exist_ok=True)
     metrics = {"pretrained": {"accuracy": accuracy, "macro_f1": accuracy}, "scratch": {"accuracy": 0.5}}
-    (repo / registry.METRICS).write_text(json.dumps(metrics))
+    (repo / registry.METRICS_FILE).write_text(json.dumps(metrics))
 
 
 def test_gate_promotes_first_and_better_keeps_worse_and_rolls_back(repo: Path) -> None:
@@ -78,7 +78,7 @@ def test_unchanged_model_reuses_its_version(repo: Path) -> None:
     again = registry.register(repo, SETTINGS)
     assert not again.new and again.promoted and again.version.version == "v0.0.1"
     assert [v.version for v in registry.versions(repo)] == ["v0.0.1"]
-    assert [v.version for v in registry.versions(repo, registry.ENCODER)] == ["v0.0.1"]
+    assert [v.version for v in registry.versions(repo, registry.ENCODER_ARTIFACT)] == ["v0.0.1"]
 
 
 def test_rollback_needs_an_earlier_prod(repo: Path) -> None:

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
+from prefine.data.sources import FASHION_CLASSES, read_folder, read_idx, read_manifest
 from prefine.errors import PrefineError
-from prefine.sources import FASHION_CLASSES, read_folder, read_idx, read_manifest
 
 
 def _pixels(k: int, size: int = 8) -> np.ndarray:

@@ -2,8 +2,9 @@ import pandas as pd
 import pytest
 import torch
 
-from prefine import store
 from prefine.atomic import atomic_path
+from prefine.data import store
+from prefine.errors import PrefineError
 
 
 def sample(n: int) -> tuple[store.ImageSet, pd.DataFrame]:
@@ -20,7 +21,7 @@ def test_round_trip_across_shards(tmp_path, monkeypatch):
     back = store.read_split(tmp_path / "split")
     assert torch.equal(back.images, data.images) and torch.equal(back.labels, data.labels)
     assert back.classes == data.classes
-    assert store.read_manifest(tmp_path / "split")["id"].tolist() == manifest["id"].tolist()
+    assert store.read_split_manifest(tmp_path / "split")["id"].tolist() == manifest["id"].tolist()
 
 
 def test_failed_write_leaves_nothing(tmp_path):
@@ -42,5 +43,5 @@ def test_atomic_path_keeps_the_old_version_when_the_writer_dies(tmp_path):
 
 
 def test_reading_a_missing_split_says_what_to_run(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run ingest"):
+    with pytest.raises(PrefineError, match="run ingest"):
         store.read_split(tmp_path / "nope")

@@ -4,7 +4,6 @@ Fashion-MNIST, its params, and the flow end to end on a real Prefect server and 
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -13,11 +12,18 @@ from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.study import WORK, label_budget_study
+from prefine.data.ingest import read_pools
+from prefine.data.store import NO_LABEL
 from prefine.errors import PrefineError
-from prefine.ingest import read_pools
+from prefine.evaluate.study import (
+    SCRATCH,
+    markdown,
+    results_table,
+    run_params,
+    summarize,
+    write_report,
+)
 from prefine.params import IngestParams, ParamsError, parse
-from prefine.store import UNLABELED
-from prefine.study import SCRATCH, markdown, results_table, run_params, summarize, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCURACY = {  # method -> budget -> accuracy per seed
@@ -82,7 +88,7 @@ def test_labeled_subsets_are_stratified_seeded_and_nested(fmnist_slice: Path) ->
     assert set(pools.labeled(1, seed=0)["sha"]) <= set(five["sha"])  # a bigger budget adds images
 
     everything = pools.labeled(None, seed=0)
-    assert len(everything) == (pools.train["label"] != UNLABELED).sum() == len(pools.train)
+    assert len(everything) == (pools.train["label"] != NO_LABEL).sum() == len(pools.train)
     images = pools.images(five)
     assert images.images.shape == (50, 1, 28, 28) and images.labels.tolist() == five["label"].tolist()
     assert not set(pools.train["sha"]) & set(pools.test["sha"])
@@ -113,8 +119,9 @@ def test_flow_end_to_end_then_a_rerun_reuses_everything(
     """Every (method | scratch, budget, seed) row, with one pretraining crashing once on the way
     (retried, and resumed from its saved state); then a rerun trains nothing."""
     marker = tmp_path / "crashed"
-    monkeypatch.setenv("PREFINE_FAIL_ONCE", str(marker))  # tasks/pretrain.py's test switch
+    faults.crash_once(monkeypatch, marker)
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copy(ROOT / "profiles.yaml", tmp_path / "profiles.yaml")
     before = (tmp_path / "params.yaml").read_text()
     overrides = [
         f"ingest.path={fmnist_slice}", "ingest.limit=600",
@@ -142,8 +149,6 @@ def test_flow_end_to_end_then_a_rerun_reuses_everything(
     encoders = sorted((tmp_path / "reports" / WORK / "pretrain").glob("*/encoder.safetensors"))
     assert len(encoders) == 4  # 2 methods x 2 seeds, kept for reruns
     stamps = [p.stat().st_mtime_ns for p in encoders]
-    started = time.perf_counter()
     again = label_budget_study(repo=str(tmp_path), overrides=overrides)
     assert pd.read_csv(again["csv"]).equals(csv)  # the same rows, read back rather than retrained
-    assert [p.stat().st_mtime_ns for p in encoders] == stamps
-    assert time.perf_counter() - started < 20  # no task queued for a GPU slot
+    assert [p.stat().st_mtime_ns for p in encoders] == stamps  # no encoder trained again

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from prefine.nets import encoder_spec
-from prefine.objectives import build_objective
+from prefine.models.nets import encoder_spec
+from prefine.models.objectives import build_objective
 from prefine.params import PretrainParams
-from prefine.training import Run, fit
+from prefine.training.loop import Run, fit
 
 SPEC = encoder_spec("conv", 1, 16, 4)
 IMAGES = torch.randint(0, 256, (40, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))

@@ -16,14 +16,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from prefine.atomic import atomic_path
+from prefine.errors import PrefineError
 
 SHARD_SIZE = 16384
-UNLABELED = -1
+NO_LABEL = -1
 
 
 @dataclass
 class ImageSet:
-    """Images as uint8 [N, C, H, W], labels as int64 [N] (UNLABELED = -1), class names."""
+    """Images as uint8 [N, C, H, W], labels as int64 [N] (NO_LABEL = -1), class names."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -58,15 +59,16 @@ def read_split(folder: Path) -> ImageSet:
     folder = Path(folder)
     meta_file = folder / "meta.json"
     if not meta_file.is_file():
-        raise FileNotFoundError(f"{folder}: not a prefine data split (no meta.json); run ingest")
+        raise PrefineError(f"{folder}: not a prefine data split (no meta.json); run ingest")
     meta = json.loads(meta_file.read_text())
     shards = [load_file(str(p)) for p in sorted(folder.glob("shard-*.safetensors"))]
     images = torch.cat([s["images"] for s in shards])
     labels = torch.cat([s["labels"] for s in shards])
     if len(labels) != meta["count"]:
-        raise ValueError(f"{folder}: {len(labels)} images on disk, meta.json says {meta['count']}")
+        raise PrefineError(f"{folder}: {len(labels)} images on disk, meta.json says {meta['count']}; run ingest again")
     return ImageSet(images, labels, list(meta["classes"]))
 
 
-def read_manifest(folder: Path) -> pd.DataFrame:
+def read_split_manifest(folder: Path) -> pd.DataFrame:
+    """The split's parquet manifest: one row per image (id, sha256, label, split, source)."""
     return pd.read_parquet(Path(folder) / "manifest.parquet")

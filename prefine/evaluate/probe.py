@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prefine.device import autocast
-from prefine.nets import to_float
+from prefine.models.nets import to_float
+from prefine.training.device import autocast
 
 
 @torch.no_grad()

@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from prefine.atomic import atomic_path
-from prefine.nets import Classifier, ConvEncoder, MLPEncoder, build_encoder
+from prefine.errors import PrefineError
+from prefine.models.nets import Classifier, ConvEncoder, MLPEncoder, build_encoder
 
 
 def save(path: Path, module: nn.Module, meta: dict[str, Any]) -> None:
@@ -24,10 +25,13 @@ def save(path: Path, module: nn.Module, meta: dict[str, Any]) -> None:
 def load(path: Path) -> tuple[dict, dict[str, Any]]:
     """(state dict, meta) of a file written by save()."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no weights here; run the stage that makes it")
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads(f.metadata()["prefine"])
-        state = {k: f.get_tensor(k) for k in f.keys()}
+        raise PrefineError(f"{path}: no weights here; run the stage that makes it")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["prefine"])
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError, json ValueError
+        raise PrefineError(f"{path}: not a Prefine weights file ({exc.__class__.__name__}: {exc})") from None
     return state, meta
 
 

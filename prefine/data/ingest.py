@@ -17,17 +17,18 @@ import numpy as np
 import pandas as pd
 import torch
 
+from prefine import paths
 from prefine.atomic import atomic_path
+from prefine.data.sources import Source, read_source
+from prefine.data.store import NO_LABEL, ImageSet, write_split
 from prefine.errors import PrefineError
 from prefine.params import IngestParams, Params
-from prefine.sources import Source, read_source
-from prefine.store import UNLABELED, ImageSet, write_split
 
 
 def ingest(
     params: Params,
-    out_dir: Path = Path("data"),
-    metrics_file: Path = Path("metrics/ingest.json"),
+    out_dir: Path = paths.DATA_DIR,
+    metrics_file: Path = paths.INGEST_METRICS_FILE,
 ) -> dict[str, int]:
     """Read, split, dedupe and select; write data/{unlabeled,labeled,test} and the counts."""
     pools = read_pools(params.ingest)
@@ -71,7 +72,7 @@ class Pools:
 
     def images(self, rows: pd.DataFrame, keep_labels: bool = True) -> ImageSet:
         index = torch.from_numpy(rows["row"].to_numpy(dtype=np.int64, copy=True))
-        labels = self.source.labels[index] if keep_labels else torch.full((len(index),), UNLABELED)
+        labels = self.source.labels[index] if keep_labels else torch.full((len(index),), NO_LABEL)
         return ImageSet(self.source.images[index], labels, list(self.source.classes))
 
     def write(self, folder: Path, split: str, rows: pd.DataFrame, keep_labels: bool) -> None:
@@ -93,7 +94,7 @@ def read_pools(p: IngestParams) -> Pools:
     )
     kept, counts = dedupe(table)
     train = kept[kept["split"] == "train"]
-    test = kept[(kept["split"] == "test") & (kept["label"] != UNLABELED)]
+    test = kept[(kept["split"] == "test") & (kept["label"] != NO_LABEL)]
     counts = {
         **counts,
         "unlabeled_test_dropped": int((kept["split"] == "test").sum()) - len(test),
@@ -124,13 +125,13 @@ def dedupe(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
 
     `table` has columns row, sha, label, split; the kept rows stay in source order.
     """
-    ranked = table.assign(unlabeled=table["label"] == UNLABELED).sort_values(
+    ranked = table.assign(unlabeled=table["label"] == NO_LABEL).sort_values(
         ["unlabeled", "row"], kind="stable"
     )
     first = ranked.drop_duplicates(["split", "sha"]).sort_values("row").drop(columns="unlabeled")
     in_test = first["sha"].isin(first.loc[first["split"] == "test", "sha"])
     across = (first["split"] == "train") & in_test
-    labeled = table[table["label"] != UNLABELED]
+    labeled = table[table["label"] != NO_LABEL]
     conflicts = labeled.groupby("sha")["label"].nunique() > 1
     counts = {
         "duplicates_within": len(table) - len(first),
@@ -150,7 +151,7 @@ def select_labeled(
     """Per class, the `per_class` labeled train images with the smallest sha256(f"{seed}:{sha}"):
     seeded, stratified, and unmoved by images added to other classes. None: every labeled image.
     `key` is the param that asked for `per_class`, named in errors."""
-    pool = train[train["label"] != UNLABELED]
+    pool = train[train["label"] != NO_LABEL]
     if pool.empty:
         raise PrefineError(
             f"no labeled training images: finetune needs {key} labeled "
@@ -176,7 +177,7 @@ def select_labeled(
 def _manifest(source: Source, rows: pd.DataFrame, split: str, keep_labels: bool) -> pd.DataFrame:
     shas = rows["sha"].tolist()
     names = [
-        source.classes[label] if keep_labels and label != UNLABELED else None
+        source.classes[label] if keep_labels and label != NO_LABEL else None
         for label in rows["label"].tolist()
     ]
     return pd.DataFrame(

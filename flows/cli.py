@@ -1,5 +1,9 @@
-"""`prefine`: the common moves. Flows are imported inside their commands, so `prefine` itself
-(and the package) never imports Prefect; a stage failure exits 10 + the stage's index."""
+"""`prefine`: the common moves. Flows are imported inside their commands, so `prefine --help`
+and the registry commands start without loading Prefect.
+
+Exit codes: 0 done; 1 a registry or study problem; 2 a params, profile or project problem
+(nothing was changed); 10 + the stage's index when a stage failed (ingest 10 ... evaluate 14).
+Each failure is one line naming the file, key or stage, never a traceback."""
 
 from __future__ import annotations
 
@@ -10,7 +14,13 @@ from typing import Annotated, NoReturn, Optional
 import typer
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+)
 from rich.table import Table
 
 from prefine import registry as reg
@@ -22,13 +32,46 @@ app.add_typer(registry_app, name="registry")
 console = Console()
 
 Repo = Annotated[Path, typer.Option("--repo", "-r", help="The project (DVC + git) folder.")]
-Profile = Annotated[Optional[str], typer.Option(help="params profile: default | quick | full.")]
+Profile = Annotated[Optional[str], typer.Option(help="Write this profile (profiles.yaml) into params.yaml first.")]
 Overrides = Annotated[Optional[list[str]], typer.Option("--set", "-S", help="key.path=value, like `dvc exp run -S`.")]
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _project(repo: Path) -> Path:
+    """`repo` if it is a Prefine project (dvc.yaml and params.yaml), else exit 2 saying so."""
+    for name in ("dvc.yaml", "params.yaml"):
+        if not (repo / name).is_file():
+            _fail(f"{repo.resolve()}: not a Prefine project (no {name}); run from its root or pass --repo", 2)
+    return repo
+
+
+@app.command()
+def profile(
+    name: Annotated[Optional[str], typer.Argument(help="Profile to write into params.yaml.")] = None,
+    repo: Repo = Path("."),
+) -> None:
+    """Write a profile's values into params.yaml (DVC then reruns what they change); without
+    NAME, list the profiles and mark those params.yaml matches now."""
+    from flows.overrides import apply
+    from prefine.params import load_profiles, matching_profiles
+    from prefine.paths import PARAMS_FILE, PROFILES_FILE
+
+    _project(repo)
+    try:
+        if name is not None:
+            changed = apply(repo, name)
+            console.print(f"params.yaml: profile {name} {'written' if changed else 'already in place'}")
+            return
+        profiles = load_profiles(repo / PROFILES_FILE)
+        current = set(matching_profiles(yaml.safe_load((repo / PARAMS_FILE).read_text()), profiles))
+    except PrefineError as exc:
+        _fail(str(exc), 2)
+    for known in profiles:
+        console.print(f"{'*' if known in current else ' '} {known}")
 
 
 @app.command()
@@ -37,6 +80,7 @@ def run(repo: Repo = Path("."), profile: Profile = None, set_: Overrides = None)
     from flows.dvc import run_dvc
     from flows.overrides import apply
 
+    _project(repo)
     try:
         apply(repo, profile, set_)
     except PrefineError as exc:
@@ -61,7 +105,7 @@ def run(repo: Repo = Path("."), profile: Profile = None, set_: Overrides = None)
 
 
 def _run_flow(call) -> dict:
-    """Run a flow; map failures to exit codes: 10 + stage index, 2 for a params/registry problem."""
+    """Run a flow; map failures to exit codes: 10 + stage index, 2 for a params problem."""
     from flows.stages import STAGES, StageFailed
 
     try:
@@ -85,6 +129,7 @@ def flow(
     """Run the `training` Prefect flow (stages through DVC, then register)."""
     from flows.training import training
 
+    _project(repo)
     summary = _run_flow(lambda: training(
         repo=str(repo), profile=profile, overrides=set_, register_model=register,
         retries=retries, retry_delay=retry_delay, retry_jitter=retry_jitter,
@@ -97,6 +142,7 @@ def retrain(repo: Repo = Path(".")) -> None:
     """Run the `retrain` flow once: train and register only if the data changed."""
     from flows.retrain import retrain as retrain_flow
 
+    _project(repo)
     console.print(_run_flow(lambda: retrain_flow(repo=str(repo))))
 
 
@@ -106,6 +152,7 @@ def study(repo: Repo = Path("."), profile: Profile = None, set_: Overrides = Non
     --profile and -S apply to this run only: params.yaml is left as it is."""
     from flows.study import StudyFailed, label_budget_study
 
+    _project(repo)
     try:
         summary = _run_flow(lambda: label_budget_study(repo=str(repo), profile=profile, overrides=set_))
     except StudyFailed as exc:
@@ -122,6 +169,7 @@ def serve(
     """Serve the scheduled `retrain` deployment (needs a Prefect server: `prefect server start`)."""
     from flows.deploy import serve as serve_deployment
 
+    _project(repo)
     serve_deployment(str(repo), cron, name)
 
 
@@ -133,6 +181,7 @@ def _score(version: reg.Version, key: str, section: str = "pretrained") -> str:
 @registry_app.command("list")
 def list_versions(repo: Repo = Path(".")) -> None:
     """Every classifier version with its test metrics; the prod one is marked."""
+    _project(repo)
     current = reg.prod(repo)
     table = Table("version", "stage", "accuracy", "macro-F1", "gain over scratch", "commit", "created", "note")
     for v in reg.versions(repo):
@@ -145,10 +194,11 @@ def list_versions(repo: Repo = Path(".")) -> None:
 @registry_app.command()
 def show(repo: Repo = Path(".")) -> None:
     """The classifier version in prod."""
+    _project(repo)
     current = reg.prod(repo)
     if current is None:
         _fail("no version is in prod yet", 1)
-    console.print(f"prod: {reg.CLASSIFIER} {current.version} (commit {current.commit[:8]}), "
+    console.print(f"prod: {reg.CLASSIFIER_ARTIFACT} {current.version} (commit {current.commit[:8]}), "
                   f"accuracy {_score(current, 'accuracy')}, macro-F1 {_score(current, 'macro_f1')}")
     console.print(current.message, markup=False)
 
@@ -159,11 +209,12 @@ def rollback(
     to: Annotated[Optional[str], typer.Option(help="Version to put in prod (default: the previous prod).")] = None,
 ) -> None:
     """Put an earlier version back in prod."""
+    _project(repo)
     try:
         target = reg.rollback(repo, to)
     except PrefineError as exc:
         _fail(str(exc), 1)
-    console.print(f"prod is now {reg.CLASSIFIER} {target.version} (commit {target.commit[:8]})")
+    console.print(f"prod is now {reg.CLASSIFIER_ARTIFACT} {target.version} (commit {target.commit[:8]})")
 
 
 if __name__ == "__main__":

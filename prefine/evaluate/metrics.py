@@ -6,7 +6,7 @@ import torch
 from sklearn.metrics import confusion_matrix, f1_score
 from torch import nn
 
-from prefine.probe import embed
+from prefine.evaluate.probe import embed
 
 
 @torch.no_grad()

@@ -16,19 +16,19 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
-from prefine import device as devices
-from prefine import finetuning
 from prefine.atomic import atomic_path
-from prefine.evaluation import predict, scores
-from prefine.nets import EncoderSpec
+from prefine.data.store import ImageSet
+from prefine.evaluate.metrics import predict, scores
+from prefine.models.nets import EncoderSpec
 from prefine.params import FinetuneParams, Params, PretrainParams
-from prefine.store import ImageSet
+from prefine.training import device as devices
+from prefine.training import finetuning
+from prefine.training.finetuning import SCRATCH
 
-SCRATCH = "scratch"  # the baseline's name in the method column
 ALL = "all"  # the budget "every labeled training image"
 COLUMNS = ["method", "labels_per_class", "seed", "labeled", "accuracy", "macro_f1", "wall_s"]
 REPORT = "label_budget"  # <out>/label_budget.{csv,md,png}
-METRICS = {"accuracy": "Test accuracy", "macro_f1": "Test macro-F1"}
+METRIC_TITLES = {"accuracy": "Test accuracy", "macro_f1": "Test macro-F1"}
 
 # Runs in threads share torch's global RNG: seeding and building a model happen under this lock,
 # so a fine-tune's initial weights depend on its seed, not on the fine-tunes beside it. (pretrain()
@@ -54,6 +54,7 @@ def per_class(budget: int | str) -> int | None:
 
 
 def fine_tune_and_score(
+    strategy: str,
     encoder: Path | EncoderSpec,
     labeled: ImageSet,
     test: ImageSet,
@@ -61,11 +62,10 @@ def fine_tune_and_score(
     seed: int,
     unlabeled: ImageSet | None = None,
 ) -> dict[str, float]:
-    """Fine-tune a pretrained encoder (a weights file; p.strategy) or train its architecture from
-    scratch (a spec) on `labeled`, then score it on `test` (finetuning.start pairs the two)."""
-    strategy = "scratch" if isinstance(encoder, dict) else p.strategy
+    """Fine-tune a pretrained encoder with `strategy`, or train its architecture from scratch
+    (SCRATCH), on `labeled`, then score it on `test` (finetuning.start pairs the two)."""
     with _INIT:
-        model = finetuning.start(encoder, len(labeled.classes), strategy, seed, p.unfreeze)
+        model = finetuning.start(strategy, encoder, len(labeled.classes), seed, p.unfreeze)
     device = devices.pick()
     finetuning.train(model, labeled, p, strategy=strategy, seed=seed, device=device, unlabeled=unlabeled)
     result = scores(test.labels, predict(model, test.images, device), test.classes)
@@ -92,7 +92,7 @@ def results_table(rows: list[dict]) -> pd.DataFrame:
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Per (method, budget), in the table's order: mean and sample std over seeds of each metric
     (std is NaN for a single seed), the number of seeds, and the mean labeled set size."""
-    metrics = {f"{m}_{stat}": (m, stat) for m in METRICS for stat in ("mean", "std")}
+    metrics = {f"{m}_{stat}": (m, stat) for m in METRIC_TITLES for stat in ("mean", "std")}
     return (
         table.groupby(["method", "labels_per_class"], sort=False)
         .agg(**metrics, seeds=("seed", "count"), labeled=("labeled", "mean"))
@@ -121,7 +121,7 @@ def report_markdown(summary: pd.DataFrame) -> str:
     """The whole report: one table per metric, under a line saying what the cells are."""
     seeds = int(summary["seeds"].max())
     parts = ["# Label-budget study\n", f"Columns: labels per class. Cells: mean ± std over {seeds} seed(s).\n"]
-    for metric, title in METRICS.items():
+    for metric, title in METRIC_TITLES.items():
         parts += [f"## {title}\n", markdown(summary, metric)]
     return "\n".join(parts)
 

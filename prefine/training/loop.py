@@ -14,10 +14,18 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from prefine.atomic import atomic_path
-from prefine.device import autocast
+from prefine.training.device import autocast
 
 # (batch tensors on the device, generator on the device) -> scalar loss, or (loss, {name: scalar})
 # whose values are averaged per epoch into the record beside the loss (e.g. a GAN's two losses)
@@ -80,22 +88,23 @@ def fit(
         order, aug = epoch_generators(run.seed, epoch, device)
         perm = torch.randperm(n, generator=order)
         total, seen, parts = 0.0, 0, {}
-        bar = tqdm(range(per_epoch), desc=f"{run.desc} {epoch + 1}/{run.epochs}", leave=False, disable=None)
-        for b in bar:
-            idx = perm[b * run.batch_size : (b + 1) * run.batch_size]
-            batch = [t[idx].to(device, non_blocking=True) for t in run.tensors]
-            with autocast(device):
-                out = step(batch, aug)
-            loss, extras = out if isinstance(out, tuple) else (out, {})
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.item() * len(idx)
-            for key, value in extras.items():  # summed on the device: no extra sync per step
-                parts[key] = parts.get(key, 0.0) + value.detach().float() * len(idx)
-            seen += len(idx)
-            bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
+        with _progress() as progress:
+            bar = progress.add_task(f"{run.desc} epoch {epoch + 1}/{run.epochs}", total=per_epoch, loss=float("nan"))
+            for b in range(per_epoch):
+                idx = perm[b * run.batch_size : (b + 1) * run.batch_size]
+                batch = [t[idx].to(device, non_blocking=True) for t in run.tensors]
+                with autocast(device):
+                    out = step(batch, aug)
+                loss, extras = out if isinstance(out, tuple) else (out, {})
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total += loss.item() * len(idx)
+                for key, value in extras.items():  # summed on the device: no extra sync per step
+                    parts[key] = parts.get(key, 0.0) + value.detach().float() * len(idx)
+                seen += len(idx)
+                progress.update(bar, advance=1, loss=total / seen)
         record = {"epoch": epoch + 1, "loss": total / seen, **{k: v.item() / seen for k, v in parts.items()}}
         run.history.append(record)
         _save(model, optimizer, schedule, run, epoch + 1)
@@ -103,6 +112,15 @@ def fit(
         if (epoch + 1) % max(1, run.epochs // 10) == 0 or epoch + 1 == run.epochs:
             print(f"{run.desc} epoch {epoch + 1}/{run.epochs}: loss {record['loss']:.4f}", flush=True)
     return run.history
+
+
+def _progress() -> Progress:
+    """Steps of one epoch with running loss, elapsed time and ETA, on a terminal only (DVC's and
+    Prefect's logs get the one line per epoch instead)."""
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
+    return Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
 
 
 def _save(model: nn.Module, optimizer: torch.optim.Optimizer, schedule, run: Run, epoch: int) -> None:

@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from prefine.data.store import NO_LABEL
 from prefine.errors import PrefineError
 from prefine.params import IngestParams
-from prefine.store import UNLABELED
 
 FASHION_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -35,7 +35,7 @@ UNLABELED_FOLDER = "unlabeled"
 
 @dataclass
 class Source:
-    """Images uint8 [N, C, H, W], labels int64 [N] (UNLABELED = -1), and per image its pinned
+    """Images uint8 [N, C, H, W], labels int64 [N] (NO_LABEL = -1), and per image its pinned
     split ("train", "test", or None = decided by content hash) and where it came from."""
 
     images: torch.Tensor
@@ -200,7 +200,7 @@ def read_folder(
         files = sorted(
             p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
         )[:limit]
-        label = UNLABELED if folder.name == UNLABELED_FOLDER else order.index(folder.name)
+        label = NO_LABEL if folder.name == UNLABELED_FOLDER else order.index(folder.name)
         paths += files
         labels += [label] * len(files)
     if not paths:
@@ -250,7 +250,7 @@ def read_manifest(
     return Source(
         images=decode_images(paths, image_size, channels),
         labels=torch.tensor(
-            [UNLABELED if t is None else index[t] for t in texts], dtype=torch.int64
+            [NO_LABEL if t is None else index[t] for t in texts], dtype=torch.int64
         ),
         split=[None] * len(paths),
         origin=[str(value) for value in table["path"]],

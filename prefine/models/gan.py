@@ -17,7 +17,7 @@ from torch.func import functional_call
 from torchvision.utils import save_image
 
 from prefine.atomic import atomic_path
-from prefine.nets import EncoderSpec, build_encoder, mlp_to_image, to_float
+from prefine.models.nets import EncoderSpec, build_encoder, mlp_to_image, to_float
 
 
 def build_generator(spec: EncoderSpec, latent: int) -> nn.Module:

@@ -19,15 +19,23 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from prefine import weights
-from prefine.augment import strong_view, weak_view
+from prefine.data.augment import strong_view, weak_view
+from prefine.data.store import ImageSet
 from prefine.errors import PrefineError
-from prefine.nets import Classifier, ConvEncoder, EncoderSpec, MLPEncoder, build_encoder, to_float
+from prefine.models import weights
+from prefine.models.nets import (
+    Classifier,
+    ConvEncoder,
+    EncoderSpec,
+    MLPEncoder,
+    build_encoder,
+    to_float,
+)
 from prefine.params import FinetuneParams
-from prefine.store import ImageSet
-from prefine.training import EpochFn, Run, StepOutput, fit
+from prefine.training.loop import EpochFn, Run, StepOutput, fit
 
-STRATEGIES = ("linear", "partial", "full", "semisup", "scratch")
+SCRATCH = "scratch"  # the baseline: the same architecture from random init, the one way it is named
+STRATEGIES = ("linear", "partial", "full", "semisup", SCRATCH)
 
 
 def build(encoder: ConvEncoder | MLPEncoder, classes: int, strategy: str, unfreeze: int = 1) -> Classifier:
@@ -39,17 +47,20 @@ def build(encoder: ConvEncoder | MLPEncoder, classes: int, strategy: str, unfree
     return Classifier(encoder, classes, frozen_blocks=frozen)
 
 
-def start(encoder: Path | EncoderSpec, classes: int, strategy: str, seed: int, unfreeze: int = 1) -> Classifier:
-    """Seed, then build the encoder (the pretrained weights file, or random init from a spec for
-    scratch) and the head: both builds draw the same random numbers, so a pretrained run and its
-    scratch twin start from the same head."""
+def start(strategy: str, encoder: Path | EncoderSpec, classes: int, seed: int, unfreeze: int = 1) -> Classifier:
+    """Seed, then build the encoder and the head. `encoder` is a weights file, or a spec; for
+    SCRATCH only its architecture is used (random init). Both builds draw the same random numbers,
+    so a pretrained run and its scratch twin start from the same head."""
     torch.manual_seed(seed)
-    net = build_encoder(encoder) if strategy == "scratch" else weights.load_encoder(encoder)[0]
+    if strategy == SCRATCH:
+        net = build_encoder(encoder if isinstance(encoder, dict) else weights.load(encoder)[1]["spec"])
+    else:
+        net = weights.load_encoder(encoder)[0]
     return build(net, classes, strategy, unfreeze)
 
 
 def optimizer_for(model: Classifier, p: FinetuneParams, strategy: str) -> torch.optim.Optimizer:
-    encoder_lr = p.lr if strategy == "scratch" else p.lr * p.encoder_lr_scale
+    encoder_lr = p.lr if strategy == SCRATCH else p.lr * p.encoder_lr_scale
     groups = [{"params": list(model.head.parameters()), "lr": p.lr}]
     trainable = [w for w in model.encoder.parameters() if w.requires_grad]
     if trainable and encoder_lr > 0:
@@ -89,7 +100,7 @@ def train(
 ) -> list[dict[str, float]]:
     """Fine-tune `model` on the labeled set with light augmentation (shifts, optional flips);
     when p.strategy is semisup (for its scratch baseline too), also on the unlabeled pool."""
-    semisup = p.strategy == "semisup" and strategy in ("semisup", "scratch")
+    semisup = p.strategy == "semisup" and strategy in ("semisup", SCRATCH)
     if semisup and (unlabeled is None or len(unlabeled) == 0):
         raise PrefineError("finetune.strategy = semisup needs unlabeled images (data/unlabeled is empty)")
     model.to(device)

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prefine.augment import two_views
-from prefine.gan import GAN
-from prefine.nets import EncoderSpec, build_decoder, build_encoder, to_float
+from prefine.data.augment import two_views
+from prefine.models.gan import GAN
+from prefine.models.nets import EncoderSpec, build_decoder, build_encoder, to_float
 from prefine.params import PretrainParams
 
 

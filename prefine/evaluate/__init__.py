@@ -1,0 +1,1 @@
+"""Evaluation: test metrics, cheap probes of an embedding, the label-budget study report."""

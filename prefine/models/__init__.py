@@ -1,0 +1,1 @@
+"""Networks: encoders and heads, pretraining objectives (autoencoders, contrastive, GAN), weights files."""

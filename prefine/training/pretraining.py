@@ -1,0 +1,54 @@
+"""Pretraining: the objective named by `pretrain.method` trained on an unlabeled split, its whole
+state saved every epoch so a rerun resumes. The stage and the label-budget study both call it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from prefine import fingerprint
+from prefine.data.store import read_split
+from prefine.models.gan import GAN, save_samples
+from prefine.models.nets import spec_for
+from prefine.models.objectives import build_objective
+from prefine.params import Params
+from prefine.training import device as devices
+from prefine.training.logbook import EpochLog
+from prefine.training.loop import Run, fit
+
+SAMPLES_NAME = "samples.png"  # gan only: generated images from a fixed z, in the plots folder
+
+
+def pretrain(params: Params, unlabeled: Path, state_file: Path, plots: Path) -> list[dict]:
+    """Train params.pretrain's objective on the split in `unlabeled`; return the per-epoch history."""
+    p = params.pretrain
+    data = read_split(unlabeled)
+    spec = spec_for(p, data.images)
+    torch.manual_seed(params.seed)
+    device = devices.pick()
+    model = build_objective(spec, p).to(device)
+    betas = getattr(model, "betas", (0.9, 0.999))  # an objective may want its own (the GAN does)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, betas=betas, weight_decay=p.weight_decay)
+    run = Run(
+        tensors=[data.images],
+        epochs=p.epochs,
+        batch_size=min(p.batch_size, len(data)),
+        seed=params.seed,
+        fingerprint=fingerprint.of(params.seed, p.model_dump(), spec, fingerprint.file_sha256(unlabeled / "manifest.parquet")),
+        state_file=state_file,
+        desc="pretrain",
+        meta={"spec": spec, "method": p.method, "seed": params.seed, "pretrain": p.model_dump()},
+    )
+    print(f"pretrain: {p.method} with a {p.encoder} encoder on {len(data)} images, device {device}", flush=True)
+    log = EpochLog(plots)
+    try:
+        history = fit(model, optimizer, lambda batch, gen: model.loss(batch[0], gen), run, device, log)
+    finally:
+        log.close()
+    samples = plots / SAMPLES_NAME
+    samples.unlink(missing_ok=True)  # never show another method's samples
+    if isinstance(model, GAN):
+        save_samples(model, samples, params.seed)
+        print(f"pretrain: wrote {samples}", flush=True)
+    return history
