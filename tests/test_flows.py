@@ -42,6 +42,8 @@ from flows.training import training
 from prefine import registry
 from prefine.params import RegistryParams
 
+pytestmark = pytest.mark.e2e
+
 PREFINE = [sys.executable, "-m", "flows.cli"]
 
 

@@ -22,6 +22,8 @@ from tasks.checkpoint import checkpoint
 from tasks.evaluate import evaluate
 from tasks.finetune import finetune
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["autoencoder", "denoising", "simclr", "gan", "vicreg"]
 

@@ -16,6 +16,8 @@ from projects import VENV_ENV, dvc, make_project
 
 from flows.overrides import apply
 
+pytestmark = pytest.mark.e2e
+
 STAGES = ["ingest", "pretrain", "checkpoint", "finetune", "evaluate"]
 
 
@@ -87,3 +89,46 @@ def test_kill_9_during_pretraining_resumes_to_the_same_weights(repo):
     assert resumed["epoch"] == reference["epoch"]
     for key, value in reference["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
+
+
+def dvc_status(repo: Path) -> dict:
+    return json.loads(run_dvc(repo, "status", "--json"))
+
+
+def test_editing_a_profile_not_in_use_changes_nothing_dvc_sees(repo):
+    profiles = repo / "profiles.yaml"
+    before = profiles.read_text()
+    profiles.write_text(before.replace("depth: 2, epochs: 30", "depth: 3, epochs: 31"))
+    try:
+        assert dvc_status(repo) == {}
+    finally:
+        profiles.write_text(before)
+
+
+def test_switching_profile_reports_exactly_the_stages_whose_values_change(repo):
+    params = repo / "params.yaml"
+    before = params.read_text()
+    try:
+        apply(repo, "default")  # quick -> default changes ingest, pretrain and finetune values
+        assert set(dvc_status(repo)) == {"ingest", "pretrain", "finetune"}
+        params.write_text(before)
+        apply(repo, "full")  # full sets pretrain and finetune keys only
+        assert set(dvc_status(repo)) == {"pretrain", "finetune"}
+    finally:
+        params.write_text(before)
+    assert dvc_status(repo) == {}
+
+
+@pytest.mark.parametrize("module,stages", [
+    ("prefine/models/weights.py", {"checkpoint", "finetune", "evaluate"}),
+    ("prefine/evaluate/probe.py", {"checkpoint", "evaluate"}),
+    ("prefine/data/store.py", {"ingest", "pretrain", "checkpoint", "finetune", "evaluate"}),
+])
+def test_editing_a_module_a_stage_imports_makes_dvc_see_that_stage(repo, module, stages):
+    file = repo / module
+    before = file.read_text()
+    file.write_text(before + "\n# edited\n")
+    try:
+        assert set(dvc_status(repo)) == stages
+    finally:
+        file.write_text(before)

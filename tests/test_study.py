@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import faults
 import pandas as pd
 import pytest
 from prefect import get_client
@@ -113,6 +114,7 @@ def test_study_params_are_checked_before_any_work() -> None:
     assert run.finetune.steps == 7 and params.pretrain.epochs == 9  # the main run's params are untouched
 
 
+@pytest.mark.e2e
 def test_flow_end_to_end_then_a_rerun_reuses_everything(
     prefect_server: str, fmnist_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
