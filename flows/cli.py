@@ -14,6 +14,7 @@ from typing import Annotated, NoReturn, Optional
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -77,13 +78,15 @@ def profile(
 @app.command()
 def run(repo: Repo = Path("."), profile: Profile = None, set_: Overrides = None) -> None:
     """`dvc repro` the whole pipeline (no Prefect), with a progress bar per stage."""
-    from flows.dvc import run_dvc
+    from flows.dvc import Snapshot, run_dvc
     from flows.overrides import apply
 
     _project(repo)
+    before = Snapshot.take(repo)
     try:
         apply(repo, profile, set_)
     except PrefineError as exc:
+        before.discard()
         _fail(str(exc), 2)
     stages = list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
@@ -101,7 +104,15 @@ def run(repo: Repo = Path("."), profile: Profile = None, set_: Overrides = None)
         result = run_dvc(repo, ["repro"], on_line)
         if result.returncode == 0:
             progress.update(bar, description="done", completed=len(stages))
-    raise typer.Exit(result.returncode)
+    if result.returncode == 0:
+        before.discard()
+        return
+    before.restore()
+    if not started:
+        _fail("dvc repro failed before any stage ran (its output is above); nothing was changed", 1)
+    failed = next(s for s in reversed(stages) if s in started)
+    _fail(f"stage '{failed}' failed (its output is above); params.yaml, dvc.lock and the outputs are as "
+          "they were before this run", 10 + stages.index(failed))
 
 
 def _run_flow(call) -> dict:
@@ -121,7 +132,10 @@ def flow(
     repo: Repo = Path("."),
     profile: Profile = None,
     set_: Overrides = None,
-    register: Annotated[bool, typer.Option(help="Register the result through the promotion gate.")] = True,
+    register: Annotated[Optional[bool], typer.Option(
+        "--register/--no-register",
+        help="Register the result through the promotion gate (default: unless a smoke run, ingest.limit set).",
+        show_default=False)] = None,
     retries: Annotated[int, typer.Option(help="Retries of the training stages.")] = 2,
     retry_delay: Annotated[float, typer.Option(help="Seconds between retries.")] = 5.0,
     retry_jitter: Annotated[float, typer.Option(help="Random extra delay, as a fraction of it.")] = 0.5,
@@ -131,7 +145,7 @@ def flow(
 
     _project(repo)
     summary = _run_flow(lambda: training(
-        repo=str(repo), profile=profile, overrides=set_, register_model=register,
+        repo=str(repo.resolve()), profile=profile, overrides=set_, register_model=register,
         retries=retries, retry_delay=retry_delay, retry_jitter=retry_jitter,
     ))
     console.print(summary)
@@ -143,7 +157,7 @@ def retrain(repo: Repo = Path(".")) -> None:
     from flows.retrain import retrain as retrain_flow
 
     _project(repo)
-    console.print(_run_flow(lambda: retrain_flow(repo=str(repo))))
+    console.print(_run_flow(lambda: retrain_flow(repo=str(repo.resolve()))))
 
 
 @app.command()
@@ -193,28 +207,41 @@ def list_versions(repo: Repo = Path(".")) -> None:
 
 @registry_app.command()
 def show(repo: Repo = Path(".")) -> None:
-    """The classifier version in prod."""
+    """The classifier version in prod, and why it is prod (the gate's reason, or the rollback's)."""
     _project(repo)
-    current = reg.prod(repo)
-    if current is None:
+    assignment = reg.prod_assignment(repo)
+    if assignment is None:
         _fail("no version is in prod yet", 1)
+    current = assignment.version
     console.print(f"prod: {reg.CLASSIFIER_ARTIFACT} {current.version} (commit {current.commit[:8]}), "
                   f"accuracy {_score(current, 'accuracy')}, macro-F1 {_score(current, 'macro_f1')}")
-    console.print(current.message, markup=False)
+    console.print(f"why: {assignment.message}", markup=False, highlight=False)
+    console.print(f"registered: {current.message}", markup=False, highlight=False)
 
 
 @registry_app.command()
 def rollback(
     repo: Repo = Path("."),
-    to: Annotated[Optional[str], typer.Option(help="Version to put in prod (default: the previous prod).")] = None,
+    to: Annotated[Optional[str], typer.Option(help="Version to put in prod (default: one step back in prod's history).")] = None,
+    force: Annotated[bool, typer.Option(help="Allow a version the promotion gate rejected (needs --reason).")] = False,
+    reason: Annotated[Optional[str], typer.Option(help="Why; recorded in the prod tag's message.")] = None,
 ) -> None:
-    """Put an earlier version back in prod."""
+    """Put an earlier version back in prod; each rollback steps one further back. Recorded as a
+    Prefect event (prefine.registry.rollback) when a Prefect API is configured."""
+    from flows.report import record_rollback
+
     _project(repo)
     try:
-        target = reg.rollback(repo, to)
+        previous = reg.prod(repo)
+        target = reg.rollback(repo, to, force, reason)
     except PrefineError as exc:
         _fail(str(exc), 1)
     console.print(f"prod is now {reg.CLASSIFIER_ARTIFACT} {target.version} (commit {target.commit[:8]})")
+    unrecorded = record_rollback(repo.resolve(), previous.version, reg.prod_assignment(repo))
+    if unrecorded:
+        console.print(f"[yellow]warning:[/yellow] {escape(unrecorded)}", markup=True, highlight=False, soft_wrap=True)
+
+
 
 
 if __name__ == "__main__":

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from filelock import FileLock
 
 SKIPPED = "didn't change, skipping"
@@ -80,3 +83,57 @@ def status(repo: Path, *targets: str) -> dict[str, list]:
     if result.returncode:
         raise RuntimeError(f"dvc status failed:\n{result.tail}")
     return json.loads("\n".join(lines) or "{}")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a run may change outside DVC's cache, as it was before the run: params.yaml, dvc.lock
+    and the `cache: false` outputs (metrics, plots), kept in a temp folder to put back if the run fails."""
+
+    repo: Path
+    saved: Path
+
+    @classmethod
+    def take(cls, repo: Path) -> Snapshot:
+        saved = Path(tempfile.mkdtemp(prefix="prefine-snapshot-"))
+        for name in ("params.yaml", "dvc.lock", *_uncached_outputs(repo)):
+            source = repo / name
+            if source.is_dir():
+                shutil.copytree(source, saved / name)
+            elif source.is_file():
+                (saved / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, saved / name)
+        return cls(repo, saved)
+
+    def restore(self) -> None:
+        """Put the saved files back, then `dvc checkout` the cached outputs: DVC deletes a stage's
+        outputs before rerunning it, and the old ones are still in its cache."""
+        for name in ("params.yaml", "dvc.lock", *_uncached_outputs(self.repo)):
+            target, copy = self.repo / name, self.saved / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            if copy.is_dir():
+                shutil.copytree(copy, target)
+            elif copy.is_file():
+                shutil.copy2(copy, target)
+        run_dvc(self.repo, ["checkout", "--force", "--quiet"], lambda line: None)
+        self.discard()
+
+    def discard(self) -> None:
+        shutil.rmtree(self.saved, ignore_errors=True)
+
+
+def _uncached_outputs(repo: Path) -> list[str]:
+    """Outputs dvc.yaml declares with `cache: false`: DVC can't restore them, so a snapshot keeps them."""
+    stages = (yaml.safe_load((repo / "dvc.yaml").read_text()) or {}).get("stages", {})
+    found = []
+    for stage in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind) or []:
+                if isinstance(entry, dict):
+                    (name, options), = entry.items()
+                    if (options or {}).get("cache") is False:
+                        found.append(name)
+    return found

@@ -1,6 +1,7 @@
 """The `retrain` flow: the scheduled job. It asks DVC whether the ingest stage's inputs (the
 watched data folder, the source, its params) changed, and only then runs `training`, whose
-register step applies the promotion gate.
+register step applies the promotion gate. The run is tagged `no-op` when nothing changed, else
+with the training run's outcome tags, and its state message says which.
 
 No `from __future__ import annotations` here: Prefect validates deployment-run parameters
 against the real annotations."""
@@ -8,8 +9,10 @@ against the real annotations."""
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect.states import State
 
 from flows.dvc import status
+from flows.report import finish, outcome_message, outcome_tags
 from flows.training import training
 from prefine.params import RegistryParams
 
@@ -27,14 +30,16 @@ def retrain(
     retries: int = 2,
     retry_delay: float = 5.0,
     retry_jitter: float | None = 0.5,
-) -> dict:
-    """Retrain and register when the data changed; otherwise log that and do nothing."""
+) -> State:
+    """Retrain and register when the data changed; otherwise log that and do nothing. Calling the
+    flow returns the summary dict (the state's data)."""
     root = Path(repo).resolve()
     logger = get_run_logger()
     changes = data_changes(root)
     if not changes:
-        logger.info("data unchanged since the last run: nothing to retrain")
-        return {"retrained": False}
+        message = "data unchanged since the last run: nothing to retrain"
+        logger.info(message)
+        return finish({"retrained": False}, ["no-op"], message)
     logger.info("data changed: %s; retraining", changes)
     result = training(repo=str(root), registry=registry, retries=retries, retry_delay=retry_delay, retry_jitter=retry_jitter)
-    return {"retrained": True, "changes": changes, **result}
+    return finish({"retrained": True, "changes": changes, **result}, outcome_tags(result), outcome_message(result))

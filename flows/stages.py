@@ -25,7 +25,7 @@ class StageFailed(RuntimeError):
 
 
 @task(task_run_name="{stage}", cache_policy=None, persist_result=False)
-def run_stage(repo: Path, stage: str, up_to_date: bool = False) -> State:
+def reproduce_stage(repo: Path, stage: str, up_to_date: bool = False) -> State:
     """Reproduce one stage through DVC; gpu-tagged runs get the device their slot maps to.
     `up_to_date`: `dvc status` already found it (and all upstream) unchanged, so skip the call."""
     if up_to_date:
@@ -47,6 +47,6 @@ def run_stage(repo: Path, stage: str, up_to_date: bool = False) -> State:
 def stage_task(stage: str, retries: int = 0, delay: float = 0.0, jitter: float | None = None):
     """The task for `stage`, tagged `gpu` when it trains, with its retry policy."""
     tags = [GPU_TAG] if stage in GPU_STAGES else []
-    return run_stage.with_options(
+    return reproduce_stage.with_options(
         name=f"dvc-{stage}", tags=tags, retries=retries, retry_delay_seconds=delay, retry_jitter_factor=jitter
     )

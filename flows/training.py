@@ -1,19 +1,61 @@
 """The `training` flow: ingest -> pretrain -> checkpoint -> finetune -> evaluate through DVC,
-one Prefect task per stage, then the register step.
+one Prefect task per stage, then the register step (skipped for a smoke run unless asked for).
+The run ends tagged and with a state message that say what became of the model.
 
 No `from __future__ import annotations` here: Prefect validates deployment-run parameters
 against the real annotations."""
 
 from pathlib import Path
 
+import yaml
 from prefect import flow, get_run_logger
+from prefect.states import State
 
 from flows import overrides as params_overrides
 from flows.dvc import status
 from flows.gpu import ensure_gpu_limit
 from flows.registering import register as register_task
+from flows.report import finish, outcome_message, outcome_tags
 from flows.stages import GPU_STAGES, STAGES, stage_task
-from prefine.params import RegistryParams, load
+from prefine.params import (
+    Params,
+    RegistryParams,
+    load,
+    load_profiles,
+    matching_profiles,
+)
+from prefine.paths import PARAMS_FILE, PROFILES_FILE
+from prefine.registry import smoke_run
+
+
+def skip_reason(register_model: bool | None, params: Params) -> str | None:
+    """Why this run is not registered (None: register it). None asks for the default: register
+    unless it is a smoke run, whose toy model must not reach prod by accident."""
+    if register_model is not None:
+        return None if register_model else "register_model=False (--no-register)"
+    smoke = smoke_run(params)
+    return f"{smoke}; register_model=True (--register) registers it anyway" if smoke else None
+
+
+def profiles(root: Path) -> list[str]:
+    """The profiles params.yaml matches as trained (after the run's profile and overrides)."""
+    return matching_profiles(yaml.safe_load((root / PARAMS_FILE).read_text()), load_profiles(root / PROFILES_FILE))
+
+
+def conclude(root: Path, summary: dict, register_model: bool | None, registry: RegistryParams | None) -> State:
+    """Register the trained model unless `skip_reason` says not to, then tag the flow run and
+    complete it with the outcome as its message and `summary` as its result."""
+    params = load(root / PARAMS_FILE)
+    summary["profiles"] = profiles(root)
+    skipped = skip_reason(register_model, params)
+    if skipped:
+        get_run_logger().info("not registered: %s", skipped)
+        summary.update(registered=False, reason=skipped)
+    else:
+        decision = register_task(root, registry or params.registry)
+        summary.update(registered=True, version=decision.version.version, promoted=decision.promoted,
+                       reason=decision.reason)
+    return finish(summary, outcome_tags(summary), outcome_message(summary))
 
 
 @flow(name="training")
@@ -21,14 +63,16 @@ def training(
     repo: str = ".",
     profile: str | None = None,
     overrides: list[str] | None = None,
-    register_model: bool = True,
+    register_model: bool | None = None,
     registry: RegistryParams | None = None,
     retries: int = 2,
     retry_delay: float = 5.0,
     retry_jitter: float | None = 0.5,
-) -> dict:
+) -> State:
     """Run the pipeline stage by stage; `overrides` are `key.path=value` like `dvc exp run -S`,
-    `registry` replaces params.yaml's `registry:` section. Training stages retry and resume."""
+    `registry` replaces params.yaml's `registry:` section. Training stages retry and resume.
+    `register_model`: None registers unless smoke run, True always, False never. Calling the flow
+    returns the summary dict (the state's data)."""
     root = Path(repo).resolve()
     logger = get_run_logger()
     if params_overrides.apply(root, profile, overrides):
@@ -42,8 +86,4 @@ def training(
         state = stage_task(stage, tries, retry_delay, retry_jitter)(root, stage, clean, return_state=True)
         state.result()  # re-raises the stage's failure, which fails the flow with its message
         summary["stages"][stage] = state.name
-    if register_model:
-        settings = registry or load(root / "params.yaml").registry
-        decision = register_task(root, settings)
-        summary.update(version=decision.version.version, promoted=decision.promoted, reason=decision.reason)
-    return summary
+    return conclude(root, summary, register_model, registry)

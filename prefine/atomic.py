@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `target` (file or folder) and move it into place on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     _remove(tmp)
     try:
@@ -27,6 +29,25 @@ def atomic_path(target: Path) -> Iterator[Path]:
             os.replace(tmp, target)
     finally:
         _remove(tmp)
+
+
+def _remove_stale(target: Path) -> None:
+    """Delete what a killed writer of `target` left beside it (its process is gone), so a crash
+    never leaves temp files inside a DVC output for the next run to commit."""
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.[to][ml][pd]-*"):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            _remove(leftover)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove(path: Path) -> None:

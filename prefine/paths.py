@@ -25,6 +25,7 @@ SCRATCH_FILE = Path("models/scratch.safetensors")
 INGEST_METRICS_FILE = Path("metrics/ingest.json")
 PRETRAIN_METRICS_FILE = Path("metrics/pretrain.json")
 EVALUATE_METRICS_FILE = Path("metrics/evaluate.json")
+EVALUATE_DETAIL_FILE = Path("metrics/evaluate_detail.json")
 
 PRETRAIN_PLOTS_DIR = Path("plots/pretrain")
 FINETUNE_PLOTS_DIR = Path("plots/finetune")

@@ -1,8 +1,10 @@
 """The model registry: GTO versions (git tags) of the classifier and the encoder it came from,
-and a promotion gate that moves `prod` only when a version beats it by a margin.
+and a promotion gate that moves `prod` only when a version beats it by a margin on the same test
+set and classes.
 
 GTO picks a stage's holder by tag timestamps (one-second resolution), which misorders quick
 reassignments such as a rollback; here the current prod is the `#prod#N` tag with the highest N.
+Each `#prod#N` tag's message says why: `gate: <reason>` or `rollback from vX to vY[: reason]`.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from gto.exceptions import ArtifactNotFound
 
 from prefine import paths
 from prefine.errors import PrefineError
-from prefine.params import RegistryParams
+from prefine.params import Params, RegistryParams
 
 ENCODER_ARTIFACT, CLASSIFIER_ARTIFACT = "encoder", "classifier"  # names in dvc.yaml `artifacts:`
 ARTIFACT_FILES = {ENCODER_ARTIFACT: paths.ENCODER_FILE.as_posix(), CLASSIFIER_ARTIFACT: paths.CLASSIFIER_FILE.as_posix()}
 METRICS_FILE = paths.EVALUATE_METRICS_FILE.as_posix()
 COMMITTED_PATHS = ("dvc.lock", "params.yaml", "metrics", "plots")
 PROD = "prod"
+REJECTED = "gate: not promoted"  # in a version's registration message when the gate kept it out of prod
 
 
 class RegistryError(PrefineError):
@@ -43,6 +46,14 @@ class Version:
 
     def score(self, metric: str) -> float | None:
         return score(self.metrics, metric)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One `#prod#N` tag: the version it put in prod, and why (its tag message)."""
+
+    version: Version
+    message: str
 
 
 @dataclass(frozen=True)
@@ -118,31 +129,83 @@ def _semver(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version))
 
 
-def prod_history(repo: Path, name: str = CLASSIFIER_ARTIFACT) -> list[Version]:
-    """Each prod assignment's version, newest assignment first (the first one is prod now)."""
-    refs = git(repo, "for-each-ref", f"refs/tags/{name}#{PROD}#*", "--format=%(refname:short) %(*objectname)")
+def assignments(repo: Path, name: str = CLASSIFIER_ARTIFACT) -> list[Assignment]:
+    """Every prod assignment, oldest first (the last one holds prod now), with its tag message."""
+    refs = git(repo, "for-each-ref", f"refs/tags/{name}#{PROD}#*",
+               "--format=%(refname:short)%00%(*objectname)%00%(contents)%00")
+    fields = refs.split("\0")
+    tags = [(fields[i].strip(), fields[i + 1], fields[i + 2].strip()) for i in range(0, len(fields) - 2, 3)]
+    tags.sort(key=lambda tag: int(tag[0].rsplit("#", 1)[1]))
     by_commit = {v.commit: v for v in versions(repo, name)}
-    tags = [line.split() for line in refs.splitlines() if line.strip()]
-    tags.sort(key=lambda pair: int(pair[0].rsplit("#", 1)[1]), reverse=True)
-    return [by_commit[commit] for _, commit in tags if commit in by_commit]
+    return [Assignment(by_commit[commit], message) for _, commit, message in tags if commit in by_commit]
+
+
+def prod_history(repo: Path, name: str = CLASSIFIER_ARTIFACT) -> list[Version]:
+    """The versions prod stepped through, newest first (the first one is prod now). A rollback to
+    a version still in this history cuts what came after it, so rolling back again steps further
+    back instead of returning to the version just rolled back from."""
+    history: list[Version] = []
+    for assignment in assignments(repo, name):
+        held = [v.version for v in history]
+        version = assignment.version
+        history = history[: held.index(version.version) + 1] if version.version in held else [*history, version]
+    return history[::-1]
+
+
+def prod_assignment(repo: Path, name: str = CLASSIFIER_ARTIFACT) -> Assignment | None:
+    """The assignment that holds prod now: its version, and why it is prod."""
+    found = assignments(repo, name)
+    return found[-1] if found else None
 
 
 def prod(repo: Path, name: str = CLASSIFIER_ARTIFACT) -> Version | None:
-    history = prod_history(repo, name)
-    return history[0] if history else None
+    current = prod_assignment(repo, name)
+    return current.version if current else None
+
+
+def smoke_run(params: Params) -> str | None:
+    """Why a run is a smoke run (None if it isn't): it trained on a slice of the data, so its
+    scores say nothing about the model and it must not become prod by default."""
+    if params.ingest.limit is None:
+        return None
+    return f"smoke run: ingest.limit is {params.ingest.limit} in params.yaml (a slice of the data)"
+
+
+def _test_set(metrics: dict) -> str:
+    found = metrics.get("test_set") or {}
+    return f"{found.get('images')} test images (sha256 {str(found.get('sha256'))[:12]})"
+
+
+def incomparable(candidate: dict, current: Version, metric: str) -> str | None:
+    """Why the candidate's score can't be set against prod's (None when it can): on another test
+    set or class list the two numbers measure different things."""
+    if not current.metrics.get("test_set"):
+        return f"prod {current.version}'s {METRICS_FILE} has no test_set (evaluated before test sets were recorded)"
+    if not candidate.get("test_set"):
+        return f"this run's {METRICS_FILE} has no test_set"
+    if candidate["test_set"].get("sha256") != current.metrics["test_set"].get("sha256"):
+        return f"test set differs: {_test_set(candidate)} vs prod {current.version}'s {_test_set(current.metrics)}"
+    if candidate.get("classes") != current.metrics.get("classes"):
+        return f"classes differ: {candidate.get('classes')} vs prod {current.version}'s {current.metrics.get('classes')}"
+    if current.score(metric) is None:
+        return f"prod {current.version} has no '{metric}'"
+    return None
 
 
 def gate(candidate: dict, current: Version | None, settings: RegistryParams) -> tuple[bool, str]:
-    """Promote when there's no prod yet, or when `metric` beats prod's by at least `margin`."""
+    """Promote when there's no prod yet, or when `metric` beats prod's by at least `margin` on the
+    same test set and classes; a score that can't be compared keeps prod and says why."""
     metric, margin = settings.metric, settings.margin
     new = score(candidate, metric)
     if new is None:
         return False, f"no '{metric}' in {METRICS_FILE}: nothing to compare"
     if current is None:
         return True, f"first version ({metric} {new:.4f}) becomes prod"
+    mismatch = incomparable(candidate, current, metric)
+    if mismatch:
+        return False, (f"cannot compare with prod: {mismatch}; to promote anyway: "
+                       "`prefine registry rollback --to <version> --force --reason ...`")
     old = current.score(metric)
-    if old is None:
-        return True, f"prod {current.version} has no '{metric}'; {metric} {new:.4f} replaces it"
     gain = round(new - old, 6)
     verdict = ">=" if gain >= margin else "<"
     return gain >= margin, f"{metric} {new:.4f} vs prod {current.version} {old:.4f}: {gain:+.4f} {verdict} margin {margin}"
@@ -173,28 +236,44 @@ def register(repo: Path, settings: RegistryParams) -> Decision:
     candidate = metrics_at(repo, head)
     known = {v.version for v in versions(repo)}
     promote, reason = gate(candidate, previous, settings)
-    version = _register(repo, CLASSIFIER_ARTIFACT, f"from {ENCODER_ARTIFACT}@{encoder.version}; gate: {reason}")
+    verdict = "gate: promoted" if promote else REJECTED
+    version = _register(repo, CLASSIFIER_ARTIFACT, f"from {ENCODER_ARTIFACT}@{encoder.version}; {verdict}: {reason}")
     if version.version in known:
         held = previous is not None and previous.version == version.version
         return Decision(version, held, f"model unchanged: already {version.version}", False, previous, encoder.version)
     if promote:
-        gto.assign(str(repo), CLASSIFIER_ARTIFACT, PROD, version=version.version, message=reason, force=True)
+        gto.assign(str(repo), CLASSIFIER_ARTIFACT, PROD, version=version.version, message=f"gate: {reason}", force=True)
     return Decision(version, promote, reason, True, previous, encoder.version)
 
 
-def rollback(repo: Path, to: str | None = None) -> Version:
-    """Assign prod to `to`, or to the version that held prod before the current one."""
+def _rollback_target(repo: Path, history: list[Version], to: str | None) -> Version:
+    """`to`, or the version prod held before the current one in its (rolled-back) history."""
+    if to is None:
+        if len(history) < 2:
+            raise RegistryError(f"{history[0].version} is the only version left in prod's history: nothing to roll back to")
+        return history[1]
+    target = next((v for v in versions(repo) if v.version == to), None)
+    if target is None:
+        raise RegistryError(f"no version {to} of {CLASSIFIER_ARTIFACT}")
+    if target.version == history[0].version:
+        raise RegistryError(f"{to} is already prod")
+    return target
+
+
+def rollback(repo: Path, to: str | None = None, force: bool = False, reason: str | None = None) -> Version:
+    """Assign prod to `to`, or one step back through prod's history. A version the gate kept out
+    of prod goes in only with `force` and a `reason`: the tag message records the override and why."""
     repo = Path(repo)
     history = prod_history(repo)
     if not history:
         raise RegistryError("no version has been in prod yet")
-    if to is None:
-        target = next((v for v in history if v.version != history[0].version), None)
-        if target is None:
-            raise RegistryError(f"{history[0].version} is the only version that has been in prod")
-    else:
-        target = next((v for v in versions(repo) if v.version == to), None)
-        if target is None:
-            raise RegistryError(f"no version {to} of {CLASSIFIER_ARTIFACT}")
-    gto.assign(str(repo), CLASSIFIER_ARTIFACT, PROD, version=target.version, message=f"rollback from {history[0].version}", force=True)
+    target = _rollback_target(repo, history, to)
+    message = f"rollback from {history[0].version} to {target.version}"
+    if REJECTED in target.message:
+        if not (force and reason):
+            raise RegistryError(f"{target.version} was not promoted ({target.message}): needs --force and --reason")
+        message += " (forced past the gate)"
+    if reason:
+        message += f": {reason}"
+    gto.assign(str(repo), CLASSIFIER_ARTIFACT, PROD, version=target.version, message=message, force=True)
     return target

@@ -90,7 +90,8 @@ def first_training(project: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     pretraining after epoch 1 injected (tests/faults.py) into whichever trains."""
     marker = tmp_path_factory.mktemp("fail-once") / "crashed"
     env = faults.subprocess_env(marker)
-    command = [*PREFINE, "flow", "--repo", str(project), "--retries", "1", "--retry-delay", "0", "--retry-jitter", "0"]
+    command = [*PREFINE, "flow", "--repo", str(project), "--register", "--retries", "1", "--retry-delay", "0",
+               "--retry-jitter", "0"]
     runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for _ in range(2)]
     outputs = [run.communicate(timeout=600)[0] for run in runs]
@@ -137,7 +138,7 @@ def test_flow_and_dvc_repro_agree_on_dvc_lock(project: Path, first_training: dic
 
 
 def test_unchanged_run_skips_every_stage(project: Path, first_training: dict) -> None:
-    state = training(repo=str(project), return_state=True)
+    state = training(repo=str(project), register_model=True, return_state=True)
     summary = state.result()
     assert set(summary["stages"].values()) == {"Skipped"}, summary
     assert summary["reason"].startswith("model unchanged")

@@ -193,12 +193,63 @@ def test_manifest_path_missing(tmp_path, write_png):
     _assert_nothing_written(tmp_path)
 
 
-def test_empty_labeled_set(tmp_path, write_png):
-    _tree(tmp_path / "images", write_png, {"unlabeled": range(10)})
-    expected = r"no labeled training images.*finetune.labels_per_class"
-    with pytest.raises(PrefineError, match=expected):
-        _run(_params(source="folder", path=str(tmp_path / "images"), image_size=8), tmp_path)
+@pytest.mark.parametrize(
+    "folders,found",
+    [({"unlabeled": range(10)}, "0 class(es) with labeled images (no labels found)"),
+     ({"Coat": range(5), "unlabeled": range(5)}, "1 class(es) with labeled images (Coat)")],
+)  # fmt: skip
+def test_fewer_than_two_classes(tmp_path, write_png, folders, found):
+    root = tmp_path / "images"
+    _tree(root, write_png, folders)
+    with pytest.raises(PrefineError) as error:
+        _run(_params(source="folder", path=str(root), image_size=8), tmp_path)
+    assert str(error.value) == f"{root}: {found}; fine-tuning needs at least two"
     _assert_nothing_written(tmp_path)
+
+
+def _labeled_manifest(root: Path, write_png, extra: str) -> Path:
+    """Coat/0000-0009 and Bag/0000-0009 labeled by folder (Coat/0007 and Bag/0003 hash into
+    test at test_fraction 0.2), plus one `extra` row."""
+    _tree(root, write_png, {"Coat": range(10), "Bag": range(11)})
+    rows = [f"{c}/{i:04d}.png,{c}" for c in ("Coat", "Bag") for i in range(10)]
+    file = root / "m.csv"
+    file.write_text("path,label\n" + "\n".join([*rows, extra]) + "\n")
+    return file
+
+
+def test_mistyped_label_is_named_by_its_file_not_blamed_on_the_budget(tmp_path, write_png):
+    file = _labeled_manifest(tmp_path / "images", write_png, "Bag/0010.png,Bagg")  # a train image
+    with pytest.raises(PrefineError) as error:
+        _run(_params(2, source="manifest", path=str(file), image_size=8), tmp_path)
+    assert str(error.value) == (
+        "finetune.labels_per_class = 2 is more than the labeled training images of class "
+        "'Bagg' (1: Bag/0010.png); lower finetune.labels_per_class, or fix or add labels"
+    )
+    _assert_nothing_written(tmp_path)
+
+
+def test_class_with_no_training_image_is_named_with_its_images(tmp_path, write_png):
+    file = _labeled_manifest(tmp_path / "images", write_png, "Bag/0003.png,Hat")  # a test image
+    with pytest.raises(PrefineError) as error:
+        _run(_params(1, source="manifest", path=str(file), image_size=8), tmp_path)
+    assert str(error.value) == (
+        f"{file}: class 'Hat' has no labeled training image: its labeled images (Bag/0003.png) "
+        "all fell in the test split or copy one; fix the labels or add training images"
+    )
+    _assert_nothing_written(tmp_path)
+
+
+def test_train_test_folders_are_a_predefined_split(tmp_path, write_png):
+    root = tmp_path / "images"
+    _tree(root, write_png, {"train/Coat": range(4), "train/Bag": range(4), "test/Coat": range(2),
+                            "test/Bag": range(3), "unlabeled": range(5)})  # fmt: skip
+    counts = _run(_params(2, source="folder", path=str(root), image_size=8), tmp_path)
+    assert (counts["unlabeled"], counts["labeled"], counts["test"]) == (13, 4, 5)
+    test = read_split_manifest(tmp_path / "data" / "test")
+    assert sorted(test["source"]) == ["test/Bag/0000.png", "test/Bag/0001.png", "test/Bag/0002.png",
+                                      "test/Coat/0000.png", "test/Coat/0001.png"]  # fmt: skip
+    pool = read_split_manifest(tmp_path / "data" / "unlabeled")
+    assert not pool["source"].str.startswith("test/").any()
 
 
 def test_labels_per_class_above_what_exists(fmnist_slice, tmp_path):

@@ -47,7 +47,8 @@ def test_repro_makes_every_output_and_metrics_dvc_reads(repo):
         assert (repo / out).exists(), out
     metrics = json.loads((repo / "metrics/evaluate.json").read_text())
     assert 0.1 < metrics["pretrained"]["accuracy"] <= 1.0  # better than chance on 10 classes
-    assert set(metrics["pretrained"]["per_class"]) == set(metrics["scratch"]["per_class"])
+    detail = json.loads((repo / "metrics/evaluate_detail.json").read_text())
+    assert set(detail["per_class"]["pretrained"]) == set(detail["per_class"]["scratch"]) == set(metrics["classes"])
     shown = run_dvc(repo, "metrics", "show", "--json")
     assert "gain_over_scratch" in shown
     card = json.loads((repo / "models/encoder.card.json").read_text())
@@ -132,3 +133,14 @@ def test_editing_a_module_a_stage_imports_makes_dvc_see_that_stage(repo, module,
         assert set(dvc_status(repo)) == stages
     finally:
         file.write_text(before)
+
+
+def test_a_failed_run_leaves_the_workspace_as_it_was(repo):
+    """DVC deletes ingest's outputs before running it; the failed run puts everything back."""
+    before = {name: (repo / name).read_text() for name in ("params.yaml", "dvc.lock")}
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "run", "-S", "finetune.labels_per_class=100000"],
+                            cwd=repo, env=VENV_ENV, capture_output=True, text=True)
+    assert result.returncode == 10, result.stdout[-2000:]
+    assert "finetune.labels_per_class" in result.stdout and "stage 'ingest' failed" in result.stdout
+    assert {name: (repo / name).read_text() for name in before} == before
+    assert (repo / "data/labeled/meta.json").is_file() and dvc_status(repo) == {}

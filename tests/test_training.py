@@ -60,3 +60,24 @@ def test_state_of_other_params_is_not_resumed(tmp_path):
     _, history = train(2, state, fingerprint="b")
     assert [r["epoch"] for r in history] == [1, 2]
     assert torch.load(state, weights_only=True)["fingerprint"] == "b"
+
+
+def test_a_non_finite_loss_stops_training_naming_the_step(tmp_path):
+    from prefine.training.loop import TrainingDiverged
+
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = torch.full((12, 4), float("nan"))  # a broken input: the first step's loss is NaN
+    run = Run([data], epochs=1, batch_size=4, seed=0, fingerprint="x", state_file=tmp_path / "state.pt")
+    with pytest.raises(TrainingDiverged, match="loss is nan at epoch 1, step 1 of 3"):
+        fit(model, optimizer, lambda b, g: model(b[0]).mean(), run, torch.device("cpu"))
+    assert not (tmp_path / "state.pt").exists()  # nothing saved from the broken epoch
+
+
+def test_a_truncated_state_file_is_reported_and_training_starts_afresh(tmp_path, capsys):
+    state = tmp_path / "state.pt"
+    _, reference = train(2, state)
+    state.write_bytes(state.read_bytes()[:100])  # a killed copy, a full disk
+    _, history = train(2, state)
+    assert history == reference
+    assert "is unreadable" in capsys.readouterr().out

@@ -1,7 +1,7 @@
 """Stage ingest: one source in; an unlabeled pool, a labeled budget and a test split out.
 
 Splits and the labeled choice come from content hashes, so an image keeps its place when the
-dataset grows. The pool is every training image without its label and ignores
+dataset grows (a source's own split wins: Fashion-MNIST's t10k, a folder's train/ and test/). The pool is every training image without its label and ignores
 finetune.labels_per_class, so changing the budget leaves its bytes (and DVC's pretrain) alone.
 Everything is checked before anything is written.
 """
@@ -23,6 +23,8 @@ from prefine.data.sources import Source, read_source
 from prefine.data.store import NO_LABEL, ImageSet, write_split
 from prefine.errors import PrefineError
 from prefine.params import IngestParams, Params
+
+SHOWN = 3  # images named in an error about a class
 
 
 def ingest(
@@ -66,9 +68,55 @@ class Pools:
                 f"{self.params.path}: no labeled test images (ingest.test_fraction = {self.params.test_fraction})"
             )
 
+    def require_classes(self) -> None:
+        """Fine-tuning needs two classes or more, each with a labeled training image; a class
+        without one is named with its images (often a mistyped label), not blamed on a budget."""
+        found = [name for i, name in enumerate(self.source.classes) if (self.source.labels == i).any()]
+        if len(found) < 2:
+            raise PrefineError(
+                f"{self.params.path}: {len(found)} class(es) with labeled images "
+                f"({', '.join(found) or 'no labels found'}); fine-tuning needs at least two"
+            )
+        trained = set(self.train["label"].tolist())
+        for i, name in enumerate(self.source.classes):
+            if i not in trained:
+                examples = self._examples(i)
+                where = (
+                    f"its labeled images ({examples}) all fell in the test split or copy one"
+                    if examples
+                    else "no image carries that label"
+                )
+                raise PrefineError(
+                    f"{self.params.path}: class '{name}' has no labeled training image: "
+                    f"{where}; fix the labels or add training images"
+                )
+
     def labeled(self, per_class: int | None, seed: int, key: str = "finetune.labels_per_class") -> pd.DataFrame:
-        """select_labeled on the train pool (None: every labeled image); `key` is blamed in errors."""
-        return select_labeled(self.train, self.source.classes, per_class, seed, key)
+        """select_labeled on the train pool (None: every labeled image) once the budget `key`
+        asks for fits each class; a class below it is named with its count (and its images
+        when it has few: a mistyped label makes a class of one)."""
+        have = self.train.loc[self.train["label"] != NO_LABEL, "label"].value_counts()
+        short = [
+            self._tally(i, int(have.get(i, 0)))
+            for i in range(len(self.source.classes))
+            if per_class is not None and have.get(i, 0) < per_class
+        ]
+        if short:
+            raise PrefineError(
+                f"{key} = {per_class} is more than the labeled training images "
+                f"of class {', '.join(short)}; lower {key}, or fix or add labels"
+            )
+        return select_labeled(self.train, per_class, seed)
+
+    def _tally(self, label: int, count: int) -> str:
+        """A class and its count, with its images when it has few: 'Coatt' (1: Bag/0001.png)."""
+        shown = f": {self._examples(label)}" if count <= SHOWN else ""
+        return f"'{self.source.classes[label]}' ({count}{shown})"
+
+    def _examples(self, label: int) -> str:
+        """Where the first SHOWN source images with this label came from."""
+        rows = torch.nonzero(self.source.labels == label).flatten()[:SHOWN].tolist()
+        return ", ".join(self.source.origin[row] for row in rows)
 
     def images(self, rows: pd.DataFrame, keep_labels: bool = True) -> ImageSet:
         index = torch.from_numpy(rows["row"].to_numpy(dtype=np.int64, copy=True))
@@ -100,7 +148,9 @@ def read_pools(p: IngestParams) -> Pools:
         "unlabeled_test_dropped": int((kept["split"] == "test").sum()) - len(test),
         "classes": len(source.classes),
     }
-    return Pools(source, train, test, counts, p)
+    pools = Pools(source, train, test, counts, p)
+    pools.require_classes()
+    return pools
 
 
 def content_hashes(images: torch.Tensor) -> list[str]:
@@ -141,33 +191,10 @@ def dedupe(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     return first[~across], counts
 
 
-def select_labeled(
-    train: pd.DataFrame,
-    classes: list[str],
-    per_class: int | None,
-    seed: int,
-    key: str = "finetune.labels_per_class",
-) -> pd.DataFrame:
+def select_labeled(train: pd.DataFrame, per_class: int | None, seed: int) -> pd.DataFrame:
     """Per class, the `per_class` labeled train images with the smallest sha256(f"{seed}:{sha}"):
-    seeded, stratified, and unmoved by images added to other classes. None: every labeled image.
-    `key` is the param that asked for `per_class`, named in errors."""
+    seeded, stratified, and unmoved by images added to other classes. None: every labeled image."""
     pool = train[train["label"] != NO_LABEL]
-    if pool.empty:
-        raise PrefineError(
-            f"no labeled training images: finetune needs {key} labeled "
-            "images per class (label folders, manifest labels or IDX labels)"
-        )
-    have = pool["label"].value_counts()
-    short = [
-        f"'{name}' ({int(have.get(i, 0))})"
-        for i, name in enumerate(classes)
-        if per_class is not None and have.get(i, 0) < per_class
-    ]
-    if short:
-        raise PrefineError(
-            f"{key} = {per_class} is more than the labeled training images "
-            f"of class {', '.join(short)}; lower {key} or add labels"
-        )
     keys = [hashlib.sha256(f"{seed}:{sha}".encode()).hexdigest() for sha in pool["sha"]]
     ranked = pool.assign(key=keys).sort_values(["label", "key"])
     chosen = ranked if per_class is None else ranked.groupby("label").head(per_class)

@@ -1,22 +1,26 @@
 """Readers that turn a dataset on disk into one in-memory Source, checking it as they go.
 
 Every problem is a PrefineError naming the file (and row) to fix, raised before ingest writes
-anything. Three layouts: Fashion-MNIST IDX files, an ImageFolder tree, a CSV/Parquet manifest.
+anything. Three layouts: Fashion-MNIST IDX files, an ImageFolder tree (flat, or split into
+train/ and test/), a CSV/Parquet manifest. Work stays bounded on hostile files: an IDX file is
+read no further than its header promises, and that promise is capped (MAX_IDX_BYTES).
 """
 
 from __future__ import annotations
 
 import gzip
 import math
+import os
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
+from prefine.data.decode import IMAGE_SUFFIXES, decode_images
 from prefine.data.store import NO_LABEL
 from prefine.errors import PrefineError
 from prefine.params import IngestParams
@@ -29,8 +33,12 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+MAX_IDX_BYTES = 2**28  # 256 MiB of pixels per IDX file: Fashion-MNIST's largest holds 47 MB
 UNLABELED_FOLDER = "unlabeled"
+SPLIT_FOLDERS = ("train", "test")
+FOLDER_LAYOUTS = (
+    "<class>/<image> folders (plus an optional unlabeled/), or those under train/ and test/"
+)
 
 
 @dataclass
@@ -116,9 +124,30 @@ def _find_idx(folder: Path, name: str) -> Path:
 
 
 def _read_idx_array(file: Path, ndim: int) -> np.ndarray:
-    """Parse an unsigned-byte IDX file whose size must match its header exactly."""
-    raw = _read_bytes(file)
+    """Parse an unsigned-byte IDX file whose size must match its header exactly, reading (and
+    inflating) at most one byte more than the header promises, so a gzip bomb stays bounded."""
     header = 4 + 4 * ndim
+    try:
+        with gzip.open(file, "rb") if file.suffix == ".gz" else file.open("rb") as stream:
+            dims = _idx_dims(file, stream, ndim)
+            size = math.prod(dims)
+            body = stream.read(size + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise PrefineError(f"{file}: cannot read ({exc})") from None
+    if len(body) != size:
+        short = len(body) < size
+        raise PrefineError(
+            f"{file}: {'truncated' if short else 'has trailing bytes'}: header promises "
+            f"{' x '.join(map(str, dims))} values ({header + size} bytes with the header), "
+            + (f"found {header + len(body)} bytes" if short else "found more")
+        )
+    return np.frombuffer(body, np.uint8).reshape(dims)
+
+
+def _idx_dims(file: Path, stream: BinaryIO, ndim: int) -> list[int]:
+    """The dimensions an IDX header declares, checked before any pixel is read."""
+    header = 4 + 4 * ndim
+    raw = stream.read(header)
     if len(raw) < header:
         raise PrefineError(f"{file}: {len(raw)} bytes, too short for a {header}-byte IDX header")
     magic, expected_magic = int.from_bytes(raw[:4], "big"), 0x0800 + ndim
@@ -130,44 +159,12 @@ def _read_idx_array(file: Path, ndim: int) -> np.ndarray:
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     if 0 in dims[1:]:
         raise PrefineError(f"{file}: header has a zero image size {dims[1:]}")
-    expected = header + math.prod(dims)
-    if len(raw) != expected:
-        problem = "truncated" if len(raw) < expected else "has trailing bytes"
+    if (size := math.prod(dims)) > MAX_IDX_BYTES:
         raise PrefineError(
-            f"{file}: {problem}: header promises {' x '.join(map(str, dims))} values "
-            f"({expected} bytes with the header), found {len(raw)} bytes"
+            f"{file}: header promises {' x '.join(map(str, dims))} values "
+            f"({size} bytes), over the {MAX_IDX_BYTES}-byte limit; refused unread"
         )
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
-
-
-def _read_bytes(file: Path) -> bytes:
-    try:
-        if file.suffix == ".gz":
-            with gzip.open(file, "rb") as stream:
-                return stream.read()
-        return file.read_bytes()
-    except (OSError, EOFError, zlib.error) as exc:
-        raise PrefineError(f"{file}: cannot read ({exc})") from None
-
-
-# --- images shared by folder and manifest ------------------------------------------------
-
-
-def decode_images(paths: list[Path], image_size: int, channels: int) -> torch.Tensor:
-    """Decode PNG/JPEG files to uint8 [N, C, S, S]; the one place images are decoded."""
-    out = np.empty((len(paths), channels, image_size, image_size), np.uint8)
-    mode = "L" if channels == 1 else "RGB"
-    for i, path in enumerate(paths):
-        try:
-            with Image.open(path) as img:
-                img = img.convert(mode)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise PrefineError(f"{path}: not a readable image ({exc})") from None
-        if img.size != (image_size, image_size):
-            img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-        pixels = np.asarray(img, np.uint8)
-        out[i] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
-    return torch.from_numpy(out)
+    return dims
 
 
 # --- ImageFolder -------------------------------------------------------------------------
@@ -180,38 +177,69 @@ def read_folder(
     channels: int = 1,
     limit: int | None = None,
 ) -> Source:
-    """Read root/<class>/*.png|jpg and root/unlabeled/*; `limit` caps each folder (sorted)."""
+    """Read root/<class>/* and root/unlabeled/* (split by hash later), or the same under
+    root/train and root/test (split pinned); `limit` caps each folder (sorted)."""
     root = Path(root)
     if not root.is_dir():
         raise PrefineError(f"{root}: not a folder (ingest.path for source 'folder')")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    names = [f.name for f in folders if f.name != UNLABELED_FOLDER]
-    if classes is not None:
-        for name in names:
-            if name not in classes:
-                raise PrefineError(
-                    f"{root / name}: folder '{name}' is not one of ingest.classes "
-                    f"({', '.join(classes)})"
-                )
+    groups = _folder_groups(root)
+    names = sorted({f.name for f, _ in groups} - {UNLABELED_FOLDER})
+    for folder, _ in groups:
+        if classes is not None and folder.name not in [*classes, UNLABELED_FOLDER]:
+            raise PrefineError(
+                f"{folder}: folder '{folder.name}' is not one of ingest.classes "
+                f"({', '.join(classes)})"
+            )
     order = list(classes) if classes is not None else names
-    paths: list[Path] = []
-    labels: list[int] = []
-    for folder in folders:
-        files = sorted(
-            p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )[:limit]
-        label = NO_LABEL if folder.name == UNLABELED_FOLDER else order.index(folder.name)
-        paths += files
-        labels += [label] * len(files)
-    if not paths:
-        raise PrefineError(f"{root}: no PNG or JPEG images in its class or unlabeled/ folders")
+    found = [(path, split) for folder, split in groups for path in _image_files(folder)[:limit]]
+    paths = [path for path, _ in found]
+    index = {name: i for i, name in enumerate(order)} | {UNLABELED_FOLDER: NO_LABEL}
+    labels = [index[p.parent.name] for p in paths]
     return Source(
         images=decode_images(paths, image_size, channels),
         labels=torch.tensor(labels, dtype=torch.int64),
-        split=[None] * len(paths),
+        split=[split for _, split in found],
         origin=[p.relative_to(root).as_posix() for p in paths],
         classes=order,
     )
+
+
+def _folder_groups(root: Path) -> list[tuple[Path, str | None]]:
+    """Each image folder with the split it pins: train/ and test/ side by side (with at most an
+    unlabeled/, whose images join train) pin theirs; any other tree pins none."""
+    top = _subfolders(root)
+    if not set(SPLIT_FOLDERS) <= {f.name for f in top} <= {*SPLIT_FOLDERS, UNLABELED_FOLDER}:
+        return [(folder, None) for folder in top]
+    pinned = [(folder, split) for split in SPLIT_FOLDERS for folder in _subfolders(root / split)]
+    return pinned + [(folder, "train") for folder in top if folder.name == UNLABELED_FOLDER]
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """The visible subfolders, sorted; none is an error saying what the folder holds instead."""
+    found = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
+        raise PrefineError(_layout_error(folder, "no class folders"))
+    return found
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The visible files Pillow reads, sorted (a dot file such as macOS's ._a.png is metadata);
+    none is an error saying what the folder holds instead."""
+    files = sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )  # fmt: skip
+    if not files:
+        raise PrefineError(_layout_error(folder, "no image files"))
+    return files
+
+
+def _layout_error(folder: Path, problem: str, shown: int = 5) -> str:
+    """One line: the folder, what it lacks, what it holds, and the layouts read_folder expects."""
+    entries = sorted(p.name + "/" * p.is_dir() for p in folder.iterdir())
+    more = f" and {len(entries) - shown} more" if len(entries) > shown else ""
+    held = f"it holds {', '.join(entries[:shown])}{more}" if entries else "it is empty"
+    return f"{folder}: {problem} ({held}); source 'folder' expects {FOLDER_LAYOUTS}"
 
 
 # --- manifest ----------------------------------------------------------------------------
@@ -236,7 +264,7 @@ def read_manifest(
     base = (Path(root) if root is not None else file.parent).resolve()
     if not base.is_dir():
         raise PrefineError(f"{base}: the manifest's data root is not a folder (ingest.root)")
-    texts = [_label_text(value) for value in table["label"]]
+    texts = [_label_text(file, n, value) for n, value in enumerate(table["label"], start=1)]
     if classes is not None:
         for n, text in enumerate(texts, start=1):
             if text is not None and text not in classes:
@@ -284,22 +312,47 @@ def _row(n: int) -> str:
     return f"row {n} (data rows counted from 1, header excluded)"
 
 
-def _label_text(value: object) -> str | None:
-    """A label as class-name text; NaN/None/blank = unlabeled, 3.0 (int column with gaps) = '3'."""
-    if pd.isna(value):
+def _shown(value: object, width: int = 120) -> str:
+    """A value's repr on one line, cut in the middle when long: for one-line error messages."""
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= width else f"{text[: width // 2]}...{text[-width // 2 :]}"
+
+
+def _label_text(file: Path, n: int, value: object) -> str | None:
+    """A label as class-name text; NaN/None/blank = unlabeled, 3.0 (int column with gaps) = '3'.
+    A list, dict or other non-scalar label is an error naming its row."""
+    if pd.api.types.is_scalar(value) and pd.isna(value):
         return None
-    if isinstance(value, float) and value.is_integer():
+    if not isinstance(value, str | int | float | np.number):
+        raise PrefineError(
+            f"{file}: {_row(n)}: label {_shown(value)} has type {type(value).__name__}; "
+            "a label is text or a number"
+        )
+    if isinstance(value, float | np.floating) and value.is_integer():
         return str(int(value))
     return str(value).strip() or None
 
 
 def _resolve(file: Path, base: Path, n: int, value: object) -> Path:
-    """The image a manifest row names, refused if it is missing or escapes the data root."""
+    """The image a manifest row names, refused if it is not a usable path, is missing, or
+    escapes the data root."""
+    where = f"{file}: {_row(n)}: path {_shown(value)}"
     if not isinstance(value, str) or not value.strip():
-        raise PrefineError(f"{file}: {_row(n)}: path is empty or not text ({value!r})")
+        raise PrefineError(f"{where} is empty or not text")
+    if "\0" in value:
+        raise PrefineError(f"{where} holds a NUL byte")
+    if _too_long(base, value):
+        raise PrefineError(f"{where} is longer than the OS allows for a file name or path")
     target = (base / value).resolve()
     if not target.is_relative_to(base):
-        raise PrefineError(f"{file}: {_row(n)}: path {value!r} lies outside the data root {base}")
+        raise PrefineError(f"{where} lies outside the data root {base}")
     if not target.is_file():
-        raise PrefineError(f"{file}: {_row(n)}: image {value!r} not found under {base}")
+        raise PrefineError(f"{file}: {_row(n)}: image {_shown(value)} not found under {base}")
     return target
+
+
+def _too_long(base: Path, value: str) -> bool:
+    """Whether the OS would refuse base/value as too long (ENAMETOOLONG): a name or the path."""
+    longest = max((len(os.fsencode(part)) for part in PurePath(value).parts), default=0)
+    path_max, name_max = (os.pathconf(base, key) for key in ("PC_PATH_MAX", "PC_NAME_MAX"))
+    return len(os.fsencode(base / value)) >= path_max or longest > name_max

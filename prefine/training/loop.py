@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -23,8 +22,10 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from torch import nn
 
 from prefine.atomic import atomic_path
+from prefine.errors import PrefineError
 from prefine.training.device import autocast
 
 # (batch tensors on the device, generator on the device) -> scalar loss, or (loss, {name: scalar})
@@ -32,6 +33,10 @@ from prefine.training.device import autocast
 StepOutput = torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]
 StepFn = Callable[[Sequence[torch.Tensor], torch.Generator], StepOutput]
 EpochFn = Callable[[dict[str, float]], None]
+
+
+class TrainingDiverged(PrefineError):
+    """The loss became NaN or infinite: stop, rather than export a broken model."""
 
 
 @dataclass
@@ -100,7 +105,11 @@ def fit(
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                total += loss.item() * len(idx)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise TrainingDiverged(f"{run.desc}: loss is {value} at epoch {epoch + 1}, step {b + 1} of "
+                                           f"{per_epoch}; nothing was saved from this epoch (lower the LR, or check the data)")
+                total += value * len(idx)
                 for key, value in extras.items():  # summed on the device: no extra sync per step
                     parts[key] = parts.get(key, 0.0) + value.detach().float() * len(idx)
                 seen += len(idx)
@@ -144,8 +153,13 @@ def _resume(model: nn.Module, optimizer: torch.optim.Optimizer, schedule, run: R
     """Load the saved state if it belongs to this run; return the first epoch still to train."""
     if run.state_file is None or not run.state_file.is_file():
         return 0
-    state = torch.load(run.state_file, map_location="cpu", weights_only=True)
-    if state.get("fingerprint") != run.fingerprint:
+    try:
+        state = torch.load(run.state_file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a truncated zip, a foreign pickle: all mean "unusable"
+        print(f"{run.desc}: warning: {run.state_file} is unreadable ({exc.__class__.__name__}); starting afresh",
+              flush=True)
+        return 0
+    if not isinstance(state, dict) or state.get("fingerprint") != run.fingerprint:
         print(f"{run.desc}: {run.state_file} is from other data or params; starting afresh", flush=True)
         return 0
     model.load_state_dict(state["model"])
