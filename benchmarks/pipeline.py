@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-STAGES = ["ingest", "pretrain", "checkpoint", "finetune", "evaluate"]
+STAGES = ["ingest", "pretrain", "checkpoint", "finetune", "evaluate", "visualize"]
 
 from projects import VENV_ENV, make_project  # noqa: E402
 

@@ -2,11 +2,13 @@
 and the registry commands start without loading Prefect.
 
 Exit codes: 0 done; 1 a registry or study problem; 2 a params, profile or project problem
-(nothing was changed); 10 + the stage's index when a stage failed (ingest 10 ... evaluate 14).
+(nothing was changed); 3 some inputs of predict/embed failed; 10 + the stage's index in dvc.yaml when a stage failed.
 Each failure is one line naming the file, key or stage, never a traceback."""
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
@@ -24,6 +26,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from flows.deploy_cli import deploy
+from flows.plots_cli import plots
+from flows.report_page import report
+from flows.summary import RUN_DECISION, StageClock
+from flows.summary import show as show_summary
+from flows.use_cli import embed, predict
 from prefine import registry as reg
 from prefine.errors import PrefineError
 
@@ -76,38 +84,44 @@ def profile(
 
 
 @app.command()
+def index(repo: Repo = Path(".")) -> None:
+    """Refresh inputs.json, the list of every file ingest reads, so `dvc status` / `dvc repro`
+    see images added to symlinked folders or named by a manifest (prefine run and flows do it too)."""
+    from flows.dvc import refresh_inputs
+
+    _project(repo)
+    try:
+        changed = refresh_inputs(repo)
+    except PrefineError as exc:
+        _fail(str(exc), 2)
+    console.print(f"inputs.json: {'changed: ingest will rerun' if changed else 'unchanged'}")
+
+
+@app.command()
 def run(repo: Repo = Path("."), profile: Profile = None, set_: Overrides = None) -> None:
     """`dvc repro` the whole pipeline (no Prefect), with a progress bar per stage."""
-    from flows.dvc import Snapshot, run_dvc
+    from flows.dvc import Snapshot, refresh_inputs, run_lock
     from flows.overrides import apply
 
     _project(repo)
-    before = Snapshot.take(repo)
-    try:
-        apply(repo, profile, set_)
-    except PrefineError as exc:
-        before.discard()
-        _fail(str(exc), 2)
-    stages = list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=console) as progress:
-        bar = progress.add_task("dvc repro", total=len(stages))
-        started: set[str] = set()
-
-        def on_line(line: str) -> None:
-            progress.console.print(line, markup=False, highlight=False)
-            for stage in stages:
-                if f"stage '{stage}'" in line.lower() and stage not in started:
-                    started.add(stage)
-                    progress.update(bar, description=stage, completed=len(started) - 1)
-
-        result = run_dvc(repo, ["repro"], on_line)
-        if result.returncode == 0:
-            progress.update(bar, description="done", completed=len(stages))
-    if result.returncode == 0:
-        before.discard()
-        return
-    before.restore()
+    with run_lock(repo):
+        before = Snapshot.take(repo)
+        try:
+            apply(repo, profile, set_)
+        except PrefineError as exc:
+            before.discard()
+            _fail(str(exc), 2)
+        try:
+            refresh_inputs(repo)
+        except PrefineError as exc:
+            before.discard()
+            _fail(str(exc), 2)
+        stages, started, returncode, clock = _repro(repo)
+        if returncode == 0:
+            before.discard()
+            show_summary(console, repo, clock.outcomes, clock.seconds, RUN_DECISION)
+            return
+        before.restore()
     if not started:
         _fail("dvc repro failed before any stage ran (its output is above); nothing was changed", 1)
     failed = next(s for s in reversed(stages) if s in started)
@@ -115,14 +129,69 @@ def run(repo: Repo = Path("."), profile: Profile = None, set_: Overrides = None)
           "they were before this run", 10 + stages.index(failed))
 
 
-def _run_flow(call) -> dict:
-    """Run a flow; map failures to exit codes: 10 + stage index, 2 for a params problem."""
-    from flows.stages import STAGES, StageFailed
+def _repro(repo: Path) -> tuple[list[str], set[str], int, StageClock]:
+    """`dvc repro` with a bar per stage; returns the stages, those that started, DVC's exit code
+    and each stage's outcome and wall time."""
+    from flows.dvc import run_dvc, stages_of
 
+    stages = stages_of(repo)
+    clock = StageClock(stages)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    started: set[str] = set()
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("dvc repro", total=len(stages))
+
+        def on_line(line: str) -> None:
+            progress.console.print(line, markup=False, highlight=False)
+            clock.see(line)
+            for stage in stages:
+                if f"stage '{stage}'" in line.lower() and stage not in started:
+                    started.add(stage)
+                    progress.update(bar, description=stage, completed=len(started) - 1)
+
+        result = run_dvc(repo, ["repro"], on_line)
+        clock.stop()
+        if result.returncode == 0:
+            progress.update(bar, description="done", completed=len(stages))
+    return stages, started, result.returncode, clock
+
+
+class _NoTraceback(logging.Formatter):
+    """Prefect's console format without exception tracebacks: the CLI ends a failure with one
+    line, and the full traceback stays in the run's logs on the Prefect server."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not (record.exc_info or record.exc_text or record.stack_info):
+            return self.inner.format(record)
+        bare = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None})
+        return self.inner.format(bare)
+
+
+def _quiet_console() -> None:
+    from prefect.logging.configuration import setup_logging
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # a temporary server's telemetry only adds noise
+    setup_logging()  # later setups in this process are incremental: they keep these formatters
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _NoTraceback):
+            handler.setFormatter(_NoTraceback(handler.formatter or logging.Formatter()))
+
+
+def _run_flow(repo: Path, call) -> dict:
+    """Run a flow; map failures to exit codes: 10 + stage index, 2 for a params problem."""
+    from flows.dvc import stages_of
+    from flows.stages import StageFailed
+
+    _quiet_console()
     try:
         return call()
     except StageFailed as exc:
-        _fail(str(exc), 10 + STAGES.index(exc.stage))
+        _fail(str(exc), 10 + stages_of(repo).index(exc.stage))
     except PrefineError as exc:
         _fail(str(exc), 2)
 
@@ -141,14 +210,15 @@ def flow(
     retry_jitter: Annotated[float, typer.Option(help="Random extra delay, as a fraction of it.")] = 0.5,
 ) -> None:
     """Run the `training` Prefect flow (stages through DVC, then register)."""
+    from flows.report import outcome_message
     from flows.training import training
 
     _project(repo)
-    summary = _run_flow(lambda: training(
+    summary = _run_flow(repo, lambda: training(
         repo=str(repo.resolve()), profile=profile, overrides=set_, register_model=register,
         retries=retries, retry_delay=retry_delay, retry_jitter=retry_jitter,
     ))
-    console.print(summary)
+    show_summary(console, repo, summary["stages"], summary["seconds"], outcome_message(summary))
 
 
 @app.command()
@@ -157,18 +227,23 @@ def retrain(repo: Repo = Path(".")) -> None:
     from flows.retrain import retrain as retrain_flow
 
     _project(repo)
-    console.print(_run_flow(lambda: retrain_flow(repo=str(repo.resolve()))))
+    console.print(_run_flow(repo, lambda: retrain_flow(repo=str(repo.resolve()))))
 
 
 @app.command()
-def study(repo: Repo = Path("."), profile: Profile = None, set_: Overrides = None) -> None:
+def study(
+    repo: Repo = Path("."),
+    profile: Profile = None,
+    set_: Overrides = None,
+    name: Annotated[Optional[str], typer.Option(help="Report folder under study.out (default: from the settings).")] = None,
+) -> None:
     """Run the label-budget study (params.yaml `study:`) as a Prefect flow; writes reports/.
     --profile and -S apply to this run only: params.yaml is left as it is."""
     from flows.study import StudyFailed, label_budget_study
 
     _project(repo)
     try:
-        summary = _run_flow(lambda: label_budget_study(repo=str(repo), profile=profile, overrides=set_))
+        summary = _run_flow(repo, lambda: label_budget_study(repo=str(repo.resolve()), profile=profile, overrides=set_, name=name))
     except StudyFailed as exc:
         _fail(str(exc), 1)
     console.print(summary)
@@ -242,6 +317,11 @@ def rollback(
         console.print(f"[yellow]warning:[/yellow] {escape(unrecorded)}", markup=True, highlight=False, soft_wrap=True)
 
 
+app.command()(predict)
+app.command()(embed)
+app.command("plots")(plots)
+app.command("report")(report)
+app.command()(deploy)
 
 
 if __name__ == "__main__":

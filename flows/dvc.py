@@ -21,6 +21,8 @@ from pathlib import Path
 import yaml
 from filelock import FileLock
 
+from prefine.paths import INPUTS_FILE, PARAMS_FILE
+
 SKIPPED = "didn't change, skipping"
 
 
@@ -37,6 +39,16 @@ class DvcResult:
 def dvc_lock(repo: Path) -> Iterator[None]:
     """Hold the repo's DVC lock file (waiting for it), so concurrent runs queue up."""
     path = Path(repo) / ".dvc" / "tmp" / "prefine-dvc.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path)):
+        yield
+
+
+@contextmanager
+def run_lock(repo: Path) -> Iterator[None]:
+    """Hold the checkout for a whole run (params, stages, register): runs with different
+    overrides in one checkout queue up instead of training on each other's params.yaml."""
+    path = Path(repo) / ".dvc" / "tmp" / "prefine-run.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path)):
         yield
@@ -74,6 +86,20 @@ def run_dvc(
             on_line(line)
         returncode = process.wait()
     return DvcResult(returncode, "\n".join(tail), skipped=not ran and returncode == 0)
+
+
+def refresh_inputs(repo: Path) -> bool:
+    """Bring inputs.json up to date before DVC compares it: DVC alone misses images in symlinked
+    folders and those a manifest names (prefine/data/inputs.py). Returns whether they changed."""
+    from prefine.data.inputs import refresh
+    from prefine.params import load
+
+    return refresh(load(Path(repo) / PARAMS_FILE).ingest, Path(repo) / INPUTS_FILE, Path(repo))
+
+
+def stages_of(repo: Path) -> list[str]:
+    """The pipeline's stages in dvc.yaml's order: dvc.yaml is the only definition of the DAG."""
+    return list((yaml.safe_load((Path(repo) / "dvc.yaml").read_text()) or {}).get("stages") or {})
 
 
 def status(repo: Path, *targets: str) -> dict[str, list]:

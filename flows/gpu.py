@@ -1,23 +1,27 @@
-"""GPU slots: a Prefect tag concurrency limit `gpu` bounds how many tasks train at once, and
-a per-device file lock picks which device a slot-holder gets (CUDA_VISIBLE_DEVICES)."""
+"""GPU slots per host. A Prefect global concurrency limit `gpu-<hostname>`, sized to that host's
+GPUs, counts the stages training on it at once, whichever worker or checkout they run from; a
+claim the kernel holds for the process picks which device a slot holder gets (CUDA_VISIBLE_DEVICES).
+
+The slot is a lease: `concurrency()` renews it from a thread every 3/4 of LEASE_S while the stage
+runs, so a long stage keeps it; a killed process stops renewing, and the server's repossessor
+frees the slot once the lease runs out (LEASE_S, plus its loop, 15 s by default)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from contextlib import ExitStack, contextmanager
 
-from filelock import FileLock, Timeout
 from prefect import get_client
-from prefect.exceptions import ObjectNotFound
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-GPU_TAG = "gpu"
-LOCKS = Path(tempfile.gettempdir()) / "prefine-gpu-locks"  # machine-wide: all runs on this host
+LEASE_S = 60  # the shortest lease the server grants: a killed run's slot comes back soonest
 
 
 def visible_gpus() -> list[str]:
@@ -31,37 +35,71 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU ")]
 
 
-def ensure_gpu_limit() -> int:
-    """Create the `gpu` tag limit sized to the visible GPUs (at least 1) unless it exists;
-    an existing limit is left alone (an operator may have sized it on purpose)."""
+def host_limit() -> str:
+    """This host's slot limit: one per host, since GPUs belong to a host, not to the fleet."""
+    return f"gpu-{socket.gethostname()}"
+
+
+def ensure_limit(name: str, size: int) -> int:
+    """The size of the global concurrency limit `name`, created with `size` slots if missing; an
+    existing limit is never resized (an operator may have sized it on purpose)."""
     with get_client(sync_client=True) as client:
         try:
-            return client.read_concurrency_limit_by_tag(GPU_TAG).concurrency_limit
+            return client.read_global_concurrency_limit_by_name(name).limit
         except ObjectNotFound:
-            size = max(1, len(visible_gpus()))
-            client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=size)
-            return size
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=size))
+            except ObjectAlreadyExists:  # another run on this host created it first
+                pass
+            return client.read_global_concurrency_limit_by_name(name).limit
+
+
+def ensure_host_limit() -> int:
+    """This host's limit, sized to its visible GPUs (at least 1: a CPU host trains one at a time)."""
+    return ensure_limit(host_limit(), max(1, len(visible_gpus())))
+
+
+def _claim(device: str) -> socket.socket | None:
+    """Bind the host-wide abstract socket named after `device` (None if another process holds
+    it): the kernel lets one process bind a name and frees it when that process ends, however it
+    ends, and no /tmp is involved (workers may each have their own)."""
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim.bind(f"\0prefine-gpu-{device}")
+    except OSError:
+        claim.close()
+        return None
+    return claim
 
 
 @contextmanager
-def hold_device(poll: float = 0.5) -> Iterator[str]:
-    """A free visible device id ('' on a CPU-only host), held until the block ends.
-    On one host Prefect's slot means one is free; the wait covers a limit shared by several hosts."""
+def claim_devices(count: int, poll: float = 0.5) -> Iterator[str]:
+    """`count` free visible devices as CUDA_VISIBLE_DEVICES ('' on a CPU-only host), held until
+    the block ends. A holder of `count` host slots finds them free at once; the wait only covers
+    a limit an operator sized above the host's devices."""
     devices = visible_gpus()
     if not devices:
         yield ""
         return
-    LOCKS.mkdir(parents=True, exist_ok=True)
-    while True:
-        for device in devices:
-            lock = FileLock(str(LOCKS / f"gpu-{device}.lock"))
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                continue
-            try:
-                yield device
-            finally:
-                lock.release()
-            return
-        time.sleep(poll)
+    with ExitStack() as held:
+        chosen: list[str] = []
+        while len(chosen) < count:
+            for device in (d for d in devices if d not in chosen):
+                if (claim := _claim(device)) is not None:
+                    held.callback(claim.close)
+                    chosen.append(device)
+                    break
+            else:
+                time.sleep(poll)
+        yield ",".join(chosen)
+
+
+@contextmanager
+def gpu_slot(devices: int = 1) -> Iterator[str]:
+    """Hold `devices` of this host's GPU slots, and that many free devices, for the block; yields
+    their ids for CUDA_VISIBLE_DEVICES ('' on a CPU-only host)."""
+    ensure_host_limit()
+    with concurrency(host_limit(), occupy=devices, lease_duration=LEASE_S, strict=True,
+                     raise_on_lease_renewal_failure=False):  # a server blip must not kill hours of training
+        with claim_devices(devices) as ids:
+            yield ids

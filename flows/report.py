@@ -1,9 +1,11 @@
 """What Prefect shows of a run's outcome: artifacts on its page (the metrics table against scratch
-and against the prod it was gated against, the promotion decision with its reason), tags and a
-state message in the runs list, and an event for a rollback made outside any flow."""
+and against the prod it was gated against, the promotion decision with its reason, the run's
+pictures and per-class gains), tags and a state message in the runs list, and an event for a
+rollback made outside any flow."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import get_client
@@ -18,6 +20,8 @@ from prefect.settings import (
 )
 from prefect.states import Completed, State
 
+from prefine.evaluate.gallery import CAPTIONS, class_gains
+from prefine.paths import EVALUATE_DETAIL_FILE
 from prefine.registry import CLASSIFIER_ARTIFACT, Assignment, Decision
 
 HEADLINE_METRICS = ("accuracy", "macro_f1")
@@ -58,6 +62,22 @@ def publish(decision: Decision) -> None:
         key="prefine-promotion",
         description="Promotion gate decision",
     )
+
+
+def publish_visuals(root: Path) -> None:
+    """The visualize stage's pictures on the run's page, as a table of file:// links (images
+    inline would bloat the API's database), and the per-class gains as a table artifact."""
+    rows = [f"| [{path.name}]({(root / path).as_uri()}) | {caption} |"
+            for path, caption in CAPTIONS.items() if (root / path).is_file()]
+    if rows:
+        create_markdown_artifact(
+            "## Plots of this run\n\n| plot | shows |\n|---|---|\n" + "\n".join(rows) +
+            "\n\nWith the loss curves and confusion matrices: `prefine plots`; on one page: `prefine report`.\n",
+            key="prefine-plots", description="The visualize stage's pictures")
+    detail = root / EVALUATE_DETAIL_FILE
+    if detail.is_file():
+        create_table_artifact(class_gains(json.loads(detail.read_text())), key="prefine-class-gains",
+                              description="Test accuracy per class: pretrained vs scratch")
 
 
 def outcome_tags(summary: dict) -> list[str]:

@@ -3,17 +3,14 @@ an up-to-date stage shown as a `Skipped` state, a failure raised with the stage'
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.states import Completed, State
 
 from flows.dvc import run_dvc
-from flows.gpu import GPU_TAG, hold_device
 
-STAGES = ("ingest", "pretrain", "checkpoint", "finetune", "evaluate")
-GPU_STAGES = frozenset({"pretrain", "finetune"})
+GPU_STAGES = frozenset({"pretrain", "finetune"})  # each holds a GPU slot of its host (flows/gpu.py)
 
 
 class StageFailed(RuntimeError):
@@ -25,18 +22,19 @@ class StageFailed(RuntimeError):
 
 
 @task(task_run_name="{stage}", cache_policy=None, persist_result=False)
-def reproduce_stage(repo: Path, stage: str, up_to_date: bool = False) -> State:
-    """Reproduce one stage through DVC; gpu-tagged runs get the device their slot maps to.
-    `up_to_date`: `dvc status` already found it (and all upstream) unchanged, so skip the call."""
+def reproduce_stage(repo: Path, stage: str, up_to_date: bool = False, device: str | None = None,
+                    pull: bool = False) -> State:
+    """Reproduce one stage through DVC on `device` (a GPU id the flow holds for it, "" for the
+    CPU, None to leave CUDA_VISIBLE_DEVICES alone). `up_to_date`: `dvc status` already found it
+    (and all upstream) unchanged, so skip the call. `pull`: fetch from the default remote the
+    outputs of a run-cache hit, which this checkout never made (`dvc repro --pull`)."""
     if up_to_date:
         return Completed(name="Skipped", message=f"stage '{stage}' is up to date (dvc status)", data=stage)
     logger = get_run_logger()
-    device = hold_device() if stage in GPU_STAGES else nullcontext(None)
-    with device as held:
-        env = {} if held is None else {"CUDA_VISIBLE_DEVICES": held}
-        if held is not None:
-            logger.info("device: CUDA_VISIBLE_DEVICES=%r", held)
-        result = run_dvc(repo, ["repro", "--single-item", stage], logger.info, env)
+    env = {} if device is None else {"CUDA_VISIBLE_DEVICES": device}
+    if device is not None:
+        logger.info("device: %s (CUDA_VISIBLE_DEVICES=%r)", device_name(device), device)
+    result = run_dvc(repo, ["repro", "--single-item", *(["--pull"] if pull else []), stage], logger.info, env)
     if result.returncode:
         raise StageFailed(stage, result.returncode, result.tail)
     if result.skipped:
@@ -44,9 +42,16 @@ def reproduce_stage(repo: Path, stage: str, up_to_date: bool = False) -> State:
     return Completed(message=f"stage '{stage}' reproduced", data=stage)
 
 
-def stage_task(stage: str, retries: int = 0, delay: float = 0.0, jitter: float | None = None):
-    """The task for `stage`, tagged `gpu` when it trains, with its retry policy."""
-    tags = [GPU_TAG] if stage in GPU_STAGES else []
+def device_name(device: str) -> str:
+    """A held device id as torch names it: "cpu" for "", else cuda:<id>."""
+    return f"cuda:{device}" if device else "cpu"
+
+
+def stage_task(stage: str, retries: int = 0, delay: float = 0.0, jitter: float | None = None,
+               device: str | None = None):
+    """The task for `stage` with its retry policy, tagged `device:<cpu | cuda:N>` when it was
+    handed a device (a training stage holding its host's GPU slot)."""
+    tags = [] if device is None else [f"device:{device_name(device)}"]
     return reproduce_stage.with_options(
         name=f"dvc-{stage}", tags=tags, retries=retries, retry_delay_seconds=delay, retry_jitter_factor=jitter
     )

@@ -2,9 +2,9 @@
 
 study.methods x study.budgets x study.seeds (params.yaml `study:`), each against the same budget
 trained from scratch. It runs in this process, without DVC: the study measures the pipeline, it
-is not a stage of it. Per (method, seed) a gpu-tagged task pretrains an encoder; per (method or
-scratch, budget, seed) a gpu-tagged task fine-tunes and tests; the `gpu` tag limit runs as many
-at once as there are GPUs. Encoders and finished runs are kept in <out>/.study-work under names
+is not a stage of it. Per (method, seed) a task pretrains an encoder; per (method or scratch,
+budget, seed) a task fine-tunes and tests; each holds a GPU slot of its host (flows/gpu.py), so
+as many run at once as the host has GPUs. Encoders and finished runs are kept in <out>/.study-work under names
 that say what made them, so a rerun (after a crash, or with one more seed) does only what is
 missing.
 
@@ -25,11 +25,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.futures import as_completed
 from prefect.utilities.annotations import quote
 
-from flows.gpu import GPU_TAG, ensure_gpu_limit, hold_device, visible_gpus
+from flows.gpu import ensure_host_limit, gpu_slot, visible_gpus
 from prefine import fingerprint
 from prefine.atomic import atomic_path
 from prefine.data.ingest import Pools, read_pools
 from prefine.data.store import ImageSet
+from prefine.evaluate import baselines
 from prefine.evaluate.study import (
     ALL,
     fine_tune_and_score,
@@ -47,6 +48,7 @@ from prefine.training.finetuning import SCRATCH
 from prefine.training.pretraining import pretrain
 
 WORK = ".study-work"  # under study.out; gitignored
+BASELINE_ROWS = "baselines"  # the row file holding every trivial baseline of a (budget, seed)
 
 
 class StudyFailed(RuntimeError):
@@ -78,10 +80,10 @@ def load_params(root: Path, profile: str | None, overrides: list[str] | None) ->
 
 
 @contextmanager
-def gpu_slot() -> Iterator[None]:
-    """hold_device for a run in this process: CUDA_VISIBLE_DEVICES belongs to the process, so the
-    held device becomes this thread's current CUDA device instead."""
-    with hold_device() as held:
+def device_slot() -> Iterator[None]:
+    """A GPU slot of this host for a run in this process: CUDA_VISIBLE_DEVICES belongs to the
+    process, so the held device becomes this thread's current CUDA device instead."""
+    with gpu_slot() as held:
         if not held:
             yield
             return
@@ -116,8 +118,11 @@ def scratch_spec(params: Params, data: StudyData) -> EncoderSpec:
 
 def row_file(params: Params, method: str, budget: int | str, seed: int, data: StudyData, work: Path) -> Path:
     """Where a finished run's row is kept, named by what makes it: the budget, seed, fine-tune
-    params and data, and the encoder it starts from (by what makes that) or scratch's architecture."""
-    if method == SCRATCH:
+    params and data, and the encoder it starts from (by what makes that), scratch's architecture,
+    or for the baselines the kNN k."""
+    if method == BASELINE_ROWS:
+        origin = params.checkpoint.knn_k
+    elif method == SCRATCH:
         origin = scratch_spec(params, data)
     else:
         origin = encoder_file(params, method, seed, data, work).parent.name
@@ -126,14 +131,14 @@ def row_file(params: Params, method: str, budget: int | str, seed: int, data: St
 
 
 @task(
-    task_run_name="pretrain-{method}-seed{seed}", tags=[GPU_TAG], retries=1,
+    task_run_name="pretrain-{method}-seed{seed}", retries=1,
     cache_policy=None, persist_result=False, log_prints=True,
 )
 def pretrain_encoder(params: Params, method: str, seed: int, data: StudyData, encoder: Path) -> Path:
     """Pretrain `method` with `seed` and export its encoder to `encoder`; the training state is
     saved every epoch beside it, so a retry (or a rerun after a crash) resumes, not restarts."""
     run = run_params(params, seed, method)
-    with gpu_slot():
+    with device_slot():
         pretrain(run, data.unlabeled_dir, encoder.parent / "state.pt", encoder.parent / "plots")
     objective, state = load_pretrained(encoder.parent / "state.pt")
     weights.save(encoder, objective.encoder, {"spec": state["meta"]["spec"], "method": method})
@@ -141,7 +146,7 @@ def pretrain_encoder(params: Params, method: str, seed: int, data: StudyData, en
 
 
 @task(
-    task_run_name="finetune-{method}-{budget}-seed{seed}", tags=[GPU_TAG], retries=1,
+    task_run_name="finetune-{method}-{budget}-seed{seed}", retries=1,
     cache_policy=None, persist_result=False,
 )
 def finetune_run(
@@ -150,7 +155,7 @@ def finetune_run(
     """One row of the table: `budget` labels per class drawn with `seed`, fine-tuned from the
     encoder (from scratch when there is none), tested, and kept in `row`."""
     labeled = data.pools.images(data.pools.labeled(per_class(budget), seed, key="study.budgets"))
-    with gpu_slot():
+    with device_slot():
         start = time.perf_counter()
         p = run_params(params, seed).finetune
         scored = fine_tune_and_score(
@@ -165,10 +170,35 @@ def finetune_run(
     return result
 
 
+@task(task_run_name="baselines-{budget}-seed{seed}", cache_policy=None, persist_result=False)
+def baseline_run(params: Params, budget: int | str, seed: int, data: StudyData, row: Path) -> list[dict]:
+    """The trivial baselines (pixel and PCA logistic regression and kNN) on exactly the labeled
+    subset the networks of (budget, seed) get: rows of the same table, kept in `row`."""
+    labeled = data.pools.images(data.pools.labeled(per_class(budget), seed, key="study.budgets"))
+    scored = baselines.evaluate(labeled, data.test, data.unlabeled.images, params.checkpoint.knn_k)
+    result = [{"method": name, "labels_per_class": budget, "seed": seed, "labeled": len(labeled),
+               "accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "wall_s": r["seconds"]} for name, r in scored.items()]
+    with atomic_path(row) as tmp:
+        tmp.write_text(json.dumps(result) + "\n")
+    return result
+
+
+def settings(params: Params, data: StudyData) -> dict:
+    """What makes a study's numbers: its section, the sections its runs resolve from, the data."""
+    run = run_params(params, seed=0)
+    return {"study": params.study.model_dump(), "ingest": params.ingest.model_dump(),
+            "pretrain": run.pretrain.model_dump(), "finetune": run.finetune.model_dump(),
+            "knn_k": params.checkpoint.knn_k, "data": data.id}
+
+
 @task(name="write-report", cache_policy=None, persist_result=False)
-def report(rows: list[dict], out: Path, classes: int) -> dict[str, Path]:
-    """The CSV, markdown and plot under `out`, and the markdown as an artifact of the run."""
+def report(rows: list[dict], out: Path, classes: int, made_by: dict) -> dict[str, Path]:
+    """The CSV, markdown and plot in the study's own folder `out`, with settings.yaml saying what
+    made them, and the markdown as an artifact of the run."""
     paths = write_report(results_table(rows), out, classes)
+    with atomic_path(out / "settings.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(made_by, sort_keys=False))
+    paths["settings"] = out / "settings.yaml"
     create_markdown_artifact(
         paths["md"].read_text(), key="label-budget-study", description="Test metrics per method and label budget"
     )
@@ -176,16 +206,20 @@ def report(rows: list[dict], out: Path, classes: int) -> dict[str, Path]:
 
 
 @flow(name="label-budget-study")
-def label_budget_study(repo: str = ".", profile: str | None = None, overrides: list[str] | None = None) -> dict:
+def label_budget_study(
+    repo: str = ".", profile: str | None = None, overrides: list[str] | None = None, name: str | None = None
+) -> dict:
     """Pretrain every method per seed, fine-tune it and scratch at every budget, test, report.
-    `overrides` are `key.path=value`, as `dvc exp run -S`, applied to this run only."""
+    `overrides` are `key.path=value`, as `dvc exp run -S`, applied to this run only. The report
+    goes to <study.out>/<name> (default: study-<id of its settings>), so no study overwrites
+    another's numbers."""
     root = Path(repo).resolve()
     params = load_params(root, profile, overrides)
     study = params.study
     out = root / study.out
     work = out / WORK
     logger = get_run_logger()
-    slots = ensure_gpu_limit()
+    slots = ensure_host_limit()
     data = read_data(params, work)
     shared = quote(data)  # large: Prefect must not walk it looking for futures
     encoders: dict = {}  # (method, seed) -> the kept encoder file, or the future of its pretraining
@@ -204,6 +238,11 @@ def label_budget_study(repo: str = ".", profile: str | None = None, overrides: l
     rows, runs = [], {}
     for seed in study.seeds:
         for budget in study.budgets:
+            row = row_file(params, BASELINE_ROWS, budget, seed, data, work)
+            if row.is_file():
+                rows.extend(json.loads(row.read_text()))
+            else:
+                rows.extend(baseline_run(params, budget, seed, shared, row))
             for method in (*study.methods, SCRATCH):
                 row = row_file(params, method, budget, seed, data, work)
                 if row.is_file():  # finished by an earlier run of the study
@@ -229,5 +268,7 @@ def label_budget_study(repo: str = ".", profile: str | None = None, overrides: l
     if failed:
         raise StudyFailed(f"{len(failed)} of {len(runs)} runs failed ({'; '.join(failed)}); the finished ones are "
                           f"kept in {work}: run the study again to redo only the rest")
-    paths = report(rows, out, len(data.test.classes))
+    made_by = settings(params, data)
+    folder = out / (name or f"study-{fingerprint.of(made_by)[:8]}")
+    paths = report(rows, folder, len(data.test.classes), made_by)
     return {"runs": len(rows), **{kind: str(path) for kind, path in paths.items()}}

@@ -35,15 +35,18 @@ class IngestParams(_Section):
     path: str = "/usr/share/datasets/fashion-mnist"
     root: str | None = None
     classes: list[str] | None = None
-    image_size: int = Field(28, ge=8, le=512, multiple_of=4)
+    image_size: int = Field(28, ge=8, le=512, multiple_of=4)  # stored size: shorter side resized, centre cropped
     channels: Literal[1, 3] = 1
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     limit: int | None = Field(None, ge=1)
+    workers: int | None = Field(None, ge=1, le=256)  # processes decoding images (null: one per core)
 
 
 class PretrainParams(_Section):
     method: Literal["autoencoder", "denoising", "simclr", "gan", "vicreg"] = "simclr"
-    encoder: Literal["conv", "mlp"] = "conv"
+    # conv | mlp | a torchvision backbone (models/backbones.py), built untrained
+    encoder: Literal["conv", "mlp", "resnet18", "resnet50", "convnext_tiny", "vit_b_16"] = "conv"
+    init: str | None = None  # start the encoder from this weights file (safetensors, or a torch state dict)
     width: int = Field(32, ge=4, le=512)
     depth: int = Field(1, ge=1, le=8)  # conv encoder: 3x3 convs per block
     epochs: int = Field(2, ge=1)
@@ -54,6 +57,8 @@ class PretrainParams(_Section):
     temperature: float = Field(0.5, gt=0.0, le=10.0)
     latent: int = Field(64, ge=1)  # gan: size of the generator's noise z
     expander: int = Field(512, ge=8)  # vicreg: width of the expander MLP the loss sees
+    workers: int = Field(2, ge=0, le=64)  # DataLoader processes reading batches from disk (0: the trainer reads)
+    save_every: int | None = Field(None, ge=1)  # also save the training state every this many steps
 
 
 class CheckpointParams(_Section):
@@ -74,6 +79,7 @@ class FinetuneParams(_Section):
     mu: int = Field(2, ge=1)  # semisup: unlabeled images per labeled image in a step
     threshold: float = Field(0.95, ge=0.0, le=1.0)  # semisup: confidence that makes a pseudo-label
     unlabeled_weight: float = Field(1.0, ge=0.0)  # semisup: weight of the unlabeled loss
+    init: str | None = None  # fine-tune from this weights file instead of the pretrained encoder
 
 
 class RegistryParams(_Section):

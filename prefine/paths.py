@@ -10,24 +10,33 @@ from pathlib import Path
 
 PARAMS_FILE = Path("params.yaml")
 PROFILES_FILE = Path("profiles.yaml")
+INPUTS_FILE = Path("inputs.json")  # what ingest reads, summarised (prefine/data/inputs.py): a dep of ingest
 
 DATA_DIR = Path("data")
 UNLABELED_DIR = DATA_DIR / "unlabeled"
 LABELED_DIR = DATA_DIR / "labeled"
 TEST_DIR = DATA_DIR / "test"
 
-PRETRAIN_STATE_FILE = Path("models/pretrain/state.pt")
-ENCODER_FILE = Path("models/encoder.safetensors")
-ENCODER_CARD_FILE = Path("models/encoder.card.json")
-CLASSIFIER_FILE = Path("models/classifier.safetensors")
-SCRATCH_FILE = Path("models/scratch.safetensors")
+MODELS_DIR = Path("models")
+PRETRAIN_STATE_FILE = MODELS_DIR / "pretrain" / "state.pt"
+ENCODER_FILE = MODELS_DIR / "encoder.safetensors"
+ENCODER_CARD_FILE = MODELS_DIR / "encoder.card.json"
+CLASSIFIER_FILE = MODELS_DIR / "classifier.safetensors"
+SCRATCH_FILE = MODELS_DIR / "scratch.safetensors"
 
-INGEST_METRICS_FILE = Path("metrics/ingest.json")
-PRETRAIN_METRICS_FILE = Path("metrics/pretrain.json")
-EVALUATE_METRICS_FILE = Path("metrics/evaluate.json")
-EVALUATE_DETAIL_FILE = Path("metrics/evaluate_detail.json")
+METRICS_DIR = Path("metrics")
+INGEST_METRICS_FILE, PRETRAIN_METRICS_FILE = METRICS_DIR / "ingest.json", METRICS_DIR / "pretrain.json"
+EVALUATE_METRICS_FILE = METRICS_DIR / "evaluate.json"  # headline numbers: what `dvc exp show` shows
+EVALUATE_DETAIL_FILE = METRICS_DIR / "evaluate_detail.json"  # per class, baseline timings
 
 PRETRAIN_PLOTS_DIR = Path("plots/pretrain")
 FINETUNE_PLOTS_DIR = Path("plots/finetune")
 CONFUSION_PLOTS_DIR = Path("plots/confusion")
 GAN_SAMPLES_FILE = PRETRAIN_PLOTS_DIR / "samples.png"
+
+VISUAL_PLOTS_DIR = Path("plots/visual")  # the visualize stage's pictures (DVC image plots)
+EMBEDDING_MAP_FILE = VISUAL_PLOTS_DIR / "embedding_map.png"
+NEIGHBOURS_FILE = VISUAL_PLOTS_DIR / "neighbours.png"
+AUGMENTATIONS_FILE = VISUAL_PLOTS_DIR / "augmentations.png"
+CLASS_GAIN_FILE = VISUAL_PLOTS_DIR / "class_gain.png"
+CONFUSED_PAIRS_FILE = VISUAL_PLOTS_DIR / "confused_pairs.png"

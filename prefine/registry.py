@@ -26,7 +26,7 @@ from prefine.params import Params, RegistryParams
 ENCODER_ARTIFACT, CLASSIFIER_ARTIFACT = "encoder", "classifier"  # names in dvc.yaml `artifacts:`
 ARTIFACT_FILES = {ENCODER_ARTIFACT: paths.ENCODER_FILE.as_posix(), CLASSIFIER_ARTIFACT: paths.CLASSIFIER_FILE.as_posix()}
 METRICS_FILE = paths.EVALUATE_METRICS_FILE.as_posix()
-COMMITTED_PATHS = ("dvc.lock", "params.yaml", "metrics", "plots")
+COMMITTED_PATHS = ("dvc.lock", "params.yaml", "inputs.json", "metrics", "plots")
 PROD = "prod"
 REJECTED = "gate: not promoted"  # in a version's registration message when the gate kept it out of prod
 

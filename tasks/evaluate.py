@@ -8,13 +8,12 @@ import json
 import time
 from pathlib import Path
 
-import pandas as pd
 
 from prefine import paths
 from prefine.atomic import atomic_path
-from prefine.data.store import ImageSet, read_split, read_split_manifest
+from prefine.data.store import ImageSet, open_split, read_split, read_split_manifest
 from prefine.evaluate import baselines
-from prefine.evaluate.metrics import predict, scores
+from prefine.evaluate.metrics import confusion_table, predict, scores
 from prefine.models import weights
 from prefine.params import Params
 from prefine.training import device as devices
@@ -34,15 +33,13 @@ def identify_test_set(folder: Path) -> dict[str, str | int]:
 def score_networks(test: ImageSet) -> tuple[dict[str, dict], dict[str, dict]]:
     """scores() and the weights' meta of each fine-tuned network; writes its confusion plot."""
     device = devices.pick()
-    names = pd.Series(test.classes)
     results, meta = {}, {}
     for name, path in NETWORKS.items():
         model, meta[name] = weights.load_classifier(path)
         predicted = predict(model, test.images, device)
         results[name] = scores(test.labels, predicted, test.classes)
-        frame = pd.DataFrame({"actual": names[test.labels.numpy()].values, "predicted": names[predicted.numpy()].values})
         with atomic_path(paths.CONFUSION_PLOTS_DIR / f"{name}.csv") as tmp:
-            frame.to_csv(tmp, index=False)
+            confusion_table(test.labels, predicted, test.classes).to_csv(tmp, index=False)
     return results, meta
 
 
@@ -58,7 +55,7 @@ def evaluate(params: Params) -> dict:
     results, meta = score_networks(test)
     start = time.perf_counter()
     k = params.checkpoint.knn_k
-    results |= baselines.evaluate(read_split(paths.LABELED_DIR), test, read_split(paths.UNLABELED_DIR).images, k)
+    results |= baselines.evaluate(read_split(paths.LABELED_DIR), test, open_split(paths.UNLABELED_DIR).images, k)
     baseline_s = time.perf_counter() - start
     metrics = {
         "strategy": meta["pretrained"]["strategy"],

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefine import fingerprint, paths
-from prefine.data.store import read_split
+from prefine.data.store import open_split
 from prefine.models import weights
 from prefine.params import Params
 from prefine.training import device as devices
@@ -15,14 +17,16 @@ from tasks.stage import run_stage
 
 def finetune(params: Params) -> None:
     p = params.finetune
-    labeled = read_split(paths.LABELED_DIR)
-    unlabeled = read_split(paths.UNLABELED_DIR) if p.strategy == "semisup" else None
+    labeled = open_split(paths.LABELED_DIR)  # both read per batch: any label budget, any pool size
+    unlabeled = open_split(paths.UNLABELED_DIR) if p.strategy == "semisup" else None
     device = devices.pick()
     spec = weights.load(paths.ENCODER_FILE)[1]["spec"]
     print(f"finetune: {len(labeled)} labeled images, {p.steps} steps, device {device}", flush=True)
+    init = Path(p.init) if p.init is not None else None
+    start = init or paths.ENCODER_FILE  # the weights the pretrained run starts from
     runs = (("pretrained", p.strategy, paths.CLASSIFIER_FILE), ("scratch", SCRATCH, paths.SCRATCH_FILE))
     for name, strategy, target in runs:
-        model = finetuning.start(strategy, paths.ENCODER_FILE, len(labeled.classes), params.seed, p.unfreeze)
+        model = finetuning.start(strategy, paths.ENCODER_FILE, len(labeled.classes), params.seed, p.unfreeze, init)
         log = EpochLog(paths.FINETUNE_PLOTS_DIR / name)
         try:
             finetuning.train(model, labeled, p, strategy, params.seed, device, log, unlabeled)
@@ -33,7 +37,7 @@ def finetune(params: Params) -> None:
             "classes": labeled.classes,
             "strategy": strategy,
             "labels_per_class": p.labels_per_class,
-            "encoder": None if strategy == SCRATCH else fingerprint.file_sha256(paths.ENCODER_FILE),
+            "encoder": None if strategy == SCRATCH else fingerprint.file_sha256(start),
         }
         weights.save(target, model, meta)
         print(f"finetune: wrote {target} ({strategy})", flush=True)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from prefine import paths
+from prefine.data import inputs
 from prefine.data.ingest import ingest
 from prefine.params import Params
 from tasks.stage import run_stage
 
 
 def _body(params: Params) -> None:
+    inputs.refresh(params.ingest, paths.INPUTS_FILE)  # what this run read; DVC records it after
     for key, value in ingest(params).items():
         print(f"{key:<24}{value:>8}")
 

@@ -1,4 +1,5 @@
-"""pretrain stage: train the encoder without labels on data/unlabeled; resumable per epoch."""
+"""pretrain stage: train the encoder without labels on data/unlabeled, streamed from disk;
+resumable after each epoch, or at the exact batch with pretrain.save_every."""
 
 from __future__ import annotations
 

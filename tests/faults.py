@@ -24,9 +24,9 @@ def patch_loop(loop: ModuleType, marker: Path) -> None:
     """Make loop._save raise once (creating `marker`) after saving a pretraining's epoch 1."""
     original = loop._save
 
-    def save(model, optimizer, schedule, run, epoch):  # noqa: ANN001 - same signature as loop._save
-        original(model, optimizer, schedule, run, epoch)
-        if epoch == 1 and run.desc == "pretrain" and not marker.exists():
+    def save(model, optimizer, schedule, run, at):  # noqa: ANN001 - same signature as loop._save
+        original(model, optimizer, schedule, run, at)
+        if (at.epoch, at.batch) == (1, 0) and run.desc == "pretrain" and not marker.exists():
             marker.touch()
             raise RuntimeError(f"injected failure after epoch 1 ({MARKER_ENV}={marker})")
 

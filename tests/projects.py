@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "profiles.yaml", "prefine", "tasks", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "profiles.yaml", "prefine", "tasks", ".dvc/config", ".dvc/.gitignore", ".dvc/plots", ".dvcignore", ".gitignore")
 # stage commands say `python`: the one running us, as in an activated venv
 VENV_ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
@@ -29,6 +29,8 @@ def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
 
 def make_project(dest: Path, data: Path, overrides: list[str] = (), profile: str = "quick") -> Path:
     """This tree's pipeline in a fresh, committed git repo at `dest`, reading `data`."""
+    from flows.dvc import refresh_inputs
+    from prefine.errors import PrefineError
     from flows.overrides import apply
 
     for name in PROJECT_FILES:
@@ -39,6 +41,10 @@ def make_project(dest: Path, data: Path, overrides: list[str] = (), profile: str
         else:
             shutil.copy2(source, target)
     apply(dest, profile, [f"ingest.path={data}", f"registry.remote_url={dest.parent / 'storage'}", *overrides])
+    try:
+        refresh_inputs(dest)  # what `prefine run` does first; plain `dvc repro` needs the file
+    except PrefineError:  # a project made to fail: its ingest stage will say why
+        (dest / "inputs.json").write_text("{}\n")
     git(dest, "init", "-q")
     git(dest, "config", "user.email", "ci@example.com")
     git(dest, "config", "user.name", "CI")

@@ -5,12 +5,19 @@ import pytest
 import torch
 
 from prefine.data.augment import (
+    colour_jitter,
+    colour_view,
+    grayscale,
+    random_brightness_contrast,
     random_erasing,
     random_gaussian_blur,
+    random_grayscale,
     random_hflip,
     random_noise,
+    random_resized_crop,
     random_shift,
     strong_view,
+    two_views,
     weak_view,
 )
 
@@ -25,13 +32,16 @@ AUGMENTS = {
     "noise": lambda x, g: random_noise(x, 0.1, g),
     "weak": lambda x, g: weak_view(x, 2, True, g),
     "strong": strong_view,
+    "jitter": lambda x, g: colour_jitter(x, (0.4, 0.4, 0.4, 0.1), g),
+    "colour": colour_view,
 }
+RGB = {"jitter", "colour"}
 
 
 @pytest.mark.parametrize("name", AUGMENTS)
 def test_keeps_shape_dtype_range_and_is_reproducible(name):
     f = AUGMENTS[name]
-    x = torch.rand(32, 1, 28, 28)
+    x = torch.rand(32, 3 if name in RGB else 1, 28, 28)
     a, b, other = f(x, gen(0)), f(x, gen(0)), f(x, gen(1))
     assert a.shape == x.shape and a.dtype == x.dtype
     assert 0.0 <= a.min() and a.max() <= 1.0
@@ -40,7 +50,7 @@ def test_keeps_shape_dtype_range_and_is_reproducible(name):
 
 @pytest.mark.parametrize("name", AUGMENTS)
 def test_each_image_gets_its_own_parameters(name):
-    x = torch.rand(1, 1, 28, 28).expand(64, -1, -1, -1).contiguous()
+    x = torch.rand(1, 3 if name in RGB else 1, 28, 28).expand(64, -1, -1, -1).contiguous()
     out = AUGMENTS[name](x, gen())
     assert len({img.sum().round(decimals=3).item() for img in out}) > 10
 
@@ -110,3 +120,38 @@ def test_strong_view_always_erases_and_differs_from_the_weak_view():
     out = strong_view(x, gen())
     assert torch.all((out == 0).sum(dim=(1, 2, 3)) >= 0.02 * 28 * 28 - 6)
     assert not torch.allclose(out, weak_view(x, 2, True, gen()))
+
+
+def test_gray_views_are_what_they_always_were():
+    """Fashion-MNIST's views draw the same numbers as before colour came: same runs, same results."""
+    x = torch.rand(8, 1, 16, 16)
+    g = gen()
+    expected = []
+    for _ in range(2):
+        v = random_hflip(random_resized_crop(x, (0.35, 1.0), g), g)
+        expected.append(random_brightness_contrast(v, 0.4, g))
+    assert all(torch.equal(a, b) for a, b in zip(two_views(x, gen()), expected))
+
+
+def test_colour_jitter_at_zero_strength_and_its_extremes():
+    x = torch.rand(16, 3, 8, 8)
+    assert torch.allclose(colour_jitter(x, (0.0, 0.0, 0.0, 0.0), gen(), p=1.0), x, atol=1e-5)
+    assert torch.equal(colour_jitter(x, (0.4, 0.4, 0.4, 0.1), gen(), p=0.0), x)
+    muted = 0.4 + 0.2 * x  # chroma small enough that a turned hue stays inside the RGB cube
+    hue_only = colour_jitter(muted, (0.0, 0.0, 0.0, 0.5), gen(), p=1.0)
+    assert torch.allclose(grayscale(hue_only), grayscale(muted), atol=1e-4)  # a hue turn keeps the luma
+    assert not torch.allclose(hue_only, muted, atol=0.01)
+
+
+def test_random_grayscale_makes_channels_equal_in_about_p_of_the_batch():
+    out = random_grayscale(torch.rand(400, 3, 4, 4), gen(), p=0.2)
+    gray = (out[:, 0] == out[:, 1]).flatten(1).all(1) & (out[:, 1] == out[:, 2]).flatten(1).all(1)
+    assert 50 < gray.sum().item() < 110
+
+
+def test_crop_with_an_aspect_ratio_varies_width_and_height_apart():
+    x = torch.zeros(64, 1, 32, 32)
+    x[:, :, 12:20, 12:20] = 1.0
+    out = random_resized_crop(x, (0.3, 0.3), gen(), ratio=(1 / 2, 2))
+    rows, cols = (out[:, 0] > 0.5).any(2).sum(1), (out[:, 0] > 0.5).any(1).sum(1)
+    assert len(set((rows - cols).tolist())) > 5

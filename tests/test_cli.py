@@ -68,7 +68,8 @@ def test_forced_rollback_is_recorded_in_git_and_as_a_prefect_event(prefect_serve
 
 def test_flow_command_passes_the_register_choice_and_the_absolute_repo(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[dict] = []
-    monkeypatch.setattr("flows.training.training", lambda **kwargs: calls.append(kwargs) or {})
+    summary = {"stages": {}, "seconds": {}, "registered": False, "reason": "a test"}  # what the flow returns
+    monkeypatch.setattr("flows.training.training", lambda **kwargs: calls.append(kwargs) or summary)
     monkeypatch.chdir(repo)
     for flag in ([], ["--register"], ["--no-register"]):
         assert runner.invoke(app, ["flow", *flag]).exit_code == 0
@@ -86,12 +87,23 @@ def test_bad_override_changes_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_failed_stage_is_named_in_exit_code_and_flow_state(prefect_server: str, tmp_path: Path) -> None:
-    project = make_project(tmp_path / "project", tmp_path / "no-such-folder", TEST_PARAMS)
+def test_failed_stage_is_named_in_exit_code_and_flow_state(prefect_server: str, fmnist_slice: Path,
+                                                           tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project", fmnist_slice, [*TEST_PARAMS, "finetune.labels_per_class=100000"])
     result = subprocess.run([sys.executable, "-m", "flows.cli", "flow", "--repo", str(project), "--no-register"],
                             capture_output=True, text=True)
     assert result.returncode == 10, result.stdout[-3000:]  # 10 + index of `ingest`
-    assert "stage 'ingest' failed" in result.stdout
+    assert "stage 'ingest' failed" in result.stdout and "Traceback" not in result.stdout + result.stderr
     with get_client(sync_client=True) as client:
         latest = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
     assert latest.state.type == StateType.FAILED and "stage 'ingest' failed" in latest.state.message
+    assert not any((project / "data" / split).exists() for split in ("unlabeled", "labeled", "test"))
+
+
+@pytest.mark.e2e
+def test_a_missing_data_folder_is_one_line_before_any_stage(prefect_server: str, tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project", tmp_path / "no-such-folder", TEST_PARAMS)
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "flow", "--repo", str(project), "--no-register"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2, result.stdout[-3000:]
+    assert "no-such-folder: not found (ingest.path)" in result.stdout

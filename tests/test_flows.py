@@ -20,6 +20,7 @@ from pathlib import Path
 from uuid import UUID
 
 import faults
+from fleet_parts import wait_for as _wait
 import pytest
 import yaml
 from prefect import get_client
@@ -32,11 +33,13 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
     LogFilterTaskRunId,
     TaskRunFilter,
-    TaskRunFilterTags,
+    TaskRunFilterName,
 )
 from prefect.client.schemas.objects import StateType
 from prefect_fixtures import TEST_PARAMS, dvc, git, make_project
 
+from flows.gpu import host_limit
+from flows.overrides import apply
 from flows.retrain import retrain
 from flows.training import training
 from prefine import registry
@@ -55,11 +58,11 @@ def project(prefect_server: str, fmnist_slice: Path, tmp_path_factory: pytest.Te
     return make_project(base / "project", watched, TEST_PARAMS)
 
 
-def _task_runs(flow_run_ids: list[UUID], gpu_only: bool = False) -> list:
-    tags = TaskRunFilter(tags=TaskRunFilterTags(all_=["gpu"])) if gpu_only else None
+def _task_runs(flow_run_ids: list[UUID], training_only: bool = False) -> list:
+    names = TaskRunFilter(name=TaskRunFilterName(any_=["pretrain", "finetune"])) if training_only else None
     with get_client(sync_client=True) as client:
         return client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)), task_run_filter=tags
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)), task_run_filter=names
         )
 
 
@@ -68,16 +71,6 @@ def _logs(task_runs: list[UUID] | None = None, flow_run: UUID | None = None) -> 
         flow_run_id=LogFilterFlowRunId(any_=[flow_run]))
     with get_client(sync_client=True) as client:
         return "\n".join(log.message for log in client.read_logs(where))
-
-
-def _wait(predicate, timeout: float, what: str):
-    """Poll until `predicate()` is truthy (logs reach the server in batches, runs take time)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := predicate():
-            return result
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _flow_run_id(state) -> UUID:
@@ -103,17 +96,20 @@ def first_training(project: Path, tmp_path_factory: pytest.TempPathFactory) -> d
 
 
 def test_concurrent_runs_never_share_the_gpu_slot(project: Path, first_training: dict) -> None:
-    """The gpu-tagged tasks of one run never overlap those of the other (limit 1: no GPU here);
-    the second run waits on DVC's lock instead of failing, then finds the stages done."""
+    """The training tasks of one run never overlap those of the other (this host's slot limit is 1:
+    no GPU here), and every slot is given back; the second run waits instead of failing, then
+    finds the stages done."""
     with get_client(sync_client=True) as client:
-        assert client.read_concurrency_limit_by_tag("gpu").concurrency_limit == 1
-    gpu_runs = _task_runs(first_training["flow_runs"], gpu_only=True)
+        limit = client.read_global_concurrency_limit_by_name(host_limit())
+    assert (limit.limit, limit.active_slots) == (1, 0)
+    gpu_runs = _task_runs(first_training["flow_runs"], training_only=True)
     assert {t.name for t in gpu_runs} == {"pretrain", "finetune"} and len(gpu_runs) == 4
     for a, b in combinations(gpu_runs, 2):
         if a.flow_run_id != b.flow_run_id:
             assert a.end_time <= b.start_time or b.end_time <= a.start_time, (a.name, b.name)
     pretrain_states = sorted(t.state.name for t in gpu_runs if t.name == "pretrain")
     assert pretrain_states == ["Completed", "Skipped"]  # one trained; the other found it done
+    assert all("device:cpu" in t.tags for t in gpu_runs if t.state.name == "Completed")  # the device it used
 
     assert registry.prod(project).version == "v0.0.1"  # the first model becomes prod
     assert any((project.parent / "storage").iterdir())  # dvc push to the local remote
@@ -146,7 +142,8 @@ def test_unchanged_run_skips_every_stage(project: Path, first_training: dict) ->
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[_flow_run_id(state)]))
         )
-    assert {a.key for a in artifacts} == {"prefine-metrics", "prefine-promotion"}
+    keys = {"prefine-metrics", "prefine-promotion", "prefine-plots", "prefine-class-gains"}  # + the run's pictures
+    assert {a.key for a in artifacts} == keys
 
 
 def test_deployment_run_is_picked_up_and_skips_unchanged_data(project: Path, first_training: dict) -> None:
@@ -185,3 +182,22 @@ def test_retrain_runs_training_when_the_watched_folder_changes(project: Path, fi
     result = retrain(repo=str(project), registry=RegistryParams(push=False))
     assert result["retrained"] and result["stages"]["ingest"] == "Completed", result
     assert retrain(repo=str(project), registry=RegistryParams(push=False)) == {"retrained": False}
+
+
+def test_concurrent_runs_with_different_overrides_each_train_what_they_asked(project: Path,
+                                                                             first_training: dict) -> None:
+    """Two runs in one checkout queue up (a run lock) instead of training on each other's params."""
+    command = [*PREFINE, "flow", "--repo", str(project), "--no-register"]
+    runs = {steps: subprocess.Popen([*command, "-S", f"finetune.steps={steps}"], stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True) for steps in (6, 8)}
+    outputs = {steps: run.communicate(timeout=600)[0] for steps, run in runs.items()}
+    assert all(run.returncode == 0 for run in runs.values()), outputs
+    with get_client(sync_client=True) as client:
+        flow_runs = {steps: [f.id for f in client.read_flow_runs() if f.name in out] for steps, out in outputs.items()}
+    for steps, ids in flow_runs.items():
+        finetune = [t for t in _task_runs(ids) if t.name == "finetune"]
+        assert len(finetune) == 1 and finetune[0].state.name == "Completed", steps
+        logs = _wait(lambda: (text := _logs([finetune[0].id])) and "steps, device" in text and text, 10, "logs")
+        assert f"labeled images, {steps} steps" in logs
+    apply(project, None, [TEST_PARAMS[1]])  # back to the module's params, for the tests after this one
+    assert dvc(project, "repro").returncode == 0

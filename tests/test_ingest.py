@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from prefine.data.ingest import dedupe, ingest
+from prefine.data.ingest import CACHE_NAME, dedupe, ingest
 from prefine.data.sources import FASHION_CLASSES
+from prefine.data import store
 from prefine.data.store import read_split, read_split_manifest
 from prefine.errors import PrefineError
 from prefine.params import Params, parse
@@ -34,12 +35,14 @@ def _run(params: Params, where: Path) -> dict[str, int]:
 
 
 def _files(where: Path) -> dict[str, bytes]:
-    files = sorted(p for p in where.rglob("*") if p.is_file())
+    files = sorted(p for p in where.rglob("*") if p.is_file() and CACHE_NAME not in p.parts)
     return {p.relative_to(where).as_posix(): p.read_bytes() for p in files}
 
 
 def _assert_nothing_written(where: Path) -> None:
-    assert not (where / "data").exists() and not (where / "metrics").exists()
+    """No split and no metrics (the decode cache beside the splits may have what decoded well)."""
+    written = [p.name for p in (where / "data").glob("*") if p.name != CACHE_NAME] if (where / "data").exists() else []
+    assert written == [] and not (where / "metrics").exists()
 
 
 def _pixels(name: str) -> np.ndarray:
@@ -68,7 +71,7 @@ def test_fashion_mnist_slice(fmnist_slice, tmp_path):
     assert pool.images.shape == (1200, 1, 28, 28) and set(pool.labels.tolist()) == {-1}
     assert labeled.labels.bincount().tolist() == [5] * 10 and labeled.classes == FASHION_CLASSES
     manifests = {s: read_split_manifest(tmp_path / "data" / s) for s in ("unlabeled", "labeled", "test")}
-    assert list(manifests["test"].columns) == ["id", "sha256", "label", "split", "source"]
+    assert list(manifests["test"].columns) == ["id", "sha256", "label", "split", "source", "width", "height"]
     assert manifests["unlabeled"]["label"].isna().all()
     assert set(manifests["labeled"]["label"]) == set(FASHION_CLASSES)
     assert set(manifests["labeled"]["id"]) <= set(manifests["unlabeled"]["id"])
@@ -100,6 +103,22 @@ def test_split_and_selection_stable_when_images_added(tmp_path, write_png):
     assert _shas(first, "test") < _shas(second, "test")
     bags = [read_split_manifest(w / "data" / "labeled").query("label == 'Bag'") for w in (first, second)]
     assert bags[0]["id"].tolist() == bags[1]["id"].tolist() and len(bags[0]) == 3
+
+
+def test_a_second_ingest_decodes_only_the_added_image_and_rewrites_one_shard(tmp_path, write_png, capsys, monkeypatch):
+    monkeypatch.setattr(store, "SHARD_BYTES", 1000)  # 40 pool images of 8x8 gray (80 bytes): 4 shards
+    root = tmp_path / "images"
+    _tree(root, write_png, {"Bag": range(20), "Coat": range(20), "unlabeled": range(20)})
+    params = _params(2, source="folder", path=str(root), image_size=8, workers=1)
+    _run(params, tmp_path)
+    before = {k: v for k, v in _files(tmp_path / "data").items() if "/shard-" in k}
+    _tree(root, write_png, {"unlabeled": range(20, 21)})
+    capsys.readouterr()
+    _run(params, tmp_path)
+    assert "decoding 1 of 61 images (60 unchanged, from the cache)" in capsys.readouterr().out
+    after = {k: v for k, v in _files(tmp_path / "data").items() if "/shard-" in k}
+    assert len(before) > 3 and set(before) <= set(after)
+    assert sum(before.get(name) != data for name, data in after.items()) == 1
 
 
 def test_dedupe_counts(tmp_path, write_idx):
@@ -174,20 +193,13 @@ def test_label_outside_known_classes(tmp_path, write_png):
     _assert_nothing_written(tmp_path)
 
 
-def test_manifest_path_outside_data_root(tmp_path, write_png):
+@pytest.mark.parametrize("row,expected", [
+    ("../outside.png,Bag", r"m.csv: row 2 \(.*\): path '../outside.png' lies outside the data root"),
+    ("Bag/gone.png,Bag", r"m.csv: row 2 \(.*\): image 'Bag/gone.png' not found under"),
+])
+def test_manifest_path_outside_the_root_or_missing_names_the_row(tmp_path, write_png, row, expected):
     write_png(tmp_path / "outside.png", _pixels("outside"))
-    rows = ["Coat/0000.png,Coat", "../outside.png,Bag"]
-    file = _manifest_case(tmp_path / "images", write_png, rows)
-    expected = r"m.csv: row 2 \(.*\): path '../outside.png' lies outside the data root"
-    with pytest.raises(PrefineError, match=expected):
-        _run(_params(1, source="manifest", path=str(file), image_size=8), tmp_path)
-    _assert_nothing_written(tmp_path)
-
-
-def test_manifest_path_missing(tmp_path, write_png):
-    rows = ["Coat/0000.png,Coat", "Bag/gone.png,Bag"]
-    file = _manifest_case(tmp_path / "images", write_png, rows)
-    expected = r"m.csv: row 2 \(.*\): image 'Bag/gone.png' not found under"
+    file = _manifest_case(tmp_path / "images", write_png, ["Coat/0000.png,Coat", row])
     with pytest.raises(PrefineError, match=expected):
         _run(_params(1, source="manifest", path=str(file), image_size=8), tmp_path)
     _assert_nothing_written(tmp_path)

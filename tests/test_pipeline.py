@@ -18,7 +18,7 @@ from flows.overrides import apply
 
 pytestmark = pytest.mark.e2e
 
-STAGES = ["ingest", "pretrain", "checkpoint", "finetune", "evaluate"]
+STAGES = ["ingest", "pretrain", "checkpoint", "finetune", "evaluate", "visualize"]
 
 
 def run_dvc(repo: Path, *args: str) -> str:
@@ -65,10 +65,10 @@ def test_second_repro_changes_nothing(repo):
     assert (repo / "dvc.lock").read_text() == before
 
 
-def test_finetune_param_reruns_only_finetune_and_evaluate(repo):
+def test_finetune_param_reruns_only_finetune_and_what_follows(repo):
     apply(repo, None, ["finetune.lr=0.002"])
     out = run_dvc(repo, "repro")
-    assert ran(out) == ["finetune", "evaluate"], out
+    assert ran(out) == ["finetune", "evaluate", "visualize"], out
 
 
 def test_kill_9_during_pretraining_resumes_to_the_same_weights(repo):
@@ -113,17 +113,17 @@ def test_switching_profile_reports_exactly_the_stages_whose_values_change(repo):
         apply(repo, "default")  # quick -> default changes ingest, pretrain and finetune values
         assert set(dvc_status(repo)) == {"ingest", "pretrain", "finetune"}
         params.write_text(before)
-        apply(repo, "full")  # full sets pretrain and finetune keys only
-        assert set(dvc_status(repo)) == {"pretrain", "finetune"}
+        apply(repo, "full")  # full sets pretrain and finetune keys only; visualize shows finetune.strategy's views
+        assert set(dvc_status(repo)) == {"pretrain", "finetune", "visualize"}
     finally:
         params.write_text(before)
     assert dvc_status(repo) == {}
 
 
 @pytest.mark.parametrize("module,stages", [
-    ("prefine/models/weights.py", {"checkpoint", "finetune", "evaluate"}),
-    ("prefine/evaluate/probe.py", {"checkpoint", "evaluate"}),
-    ("prefine/data/store.py", {"ingest", "pretrain", "checkpoint", "finetune", "evaluate"}),
+    ("prefine/models/weights.py", {"pretrain", "checkpoint", "finetune", "evaluate", "visualize"}),
+    ("prefine/evaluate/probe.py", {"checkpoint", "evaluate", "visualize"}),
+    ("prefine/data/store.py", {"ingest", "pretrain", "checkpoint", "finetune", "evaluate", "visualize"}),
 ])
 def test_editing_a_module_a_stage_imports_makes_dvc_see_that_stage(repo, module, stages):
     file = repo / module

@@ -15,10 +15,12 @@ from PIL import Image
 from prefine.data.sources import (
     FASHION_CLASSES,
     FOLDER_LAYOUTS,
+    Decoding,
     read_folder,
     read_idx,
     read_manifest,
 )
+from prefine.data.store import gather
 from prefine.errors import PrefineError
 
 ROW_1 = "row 1 (data rows counted from 1, header excluded)"
@@ -27,6 +29,16 @@ ROW_1 = "row 1 (data rows counted from 1, header excluded)"
 def _pixels(k: int, size: int = 8) -> np.ndarray:
     """Distinct content per k."""
     return np.random.default_rng(k).integers(0, 256, (size, size), dtype=np.uint8)
+
+
+@pytest.fixture
+def gray8(tmp_path_factory) -> Decoding:
+    """Decode to 8 x 8 gray, into a cache of the test's own."""
+    return Decoding(8, 1, tmp_path_factory.mktemp("cache"))
+
+
+def _image(source, k: int) -> torch.Tensor:
+    return gather(source.images, [k])[0]
 
 
 def _tiny_idx(folder, write_idx, train_labels=(0, 1, 2, 3, 9), test_labels=(4, 5, 6)):
@@ -115,53 +127,53 @@ def test_read_idx_inflates_no_more_than_its_header_promises(tmp_path, write_idx)
     assert peak < 2**20  # inflating it all would take 32 MiB
 
 
-def test_read_folder(tmp_path, write_png):
+def test_read_folder(tmp_path, write_png, gray8):
     write_png(tmp_path / "Coat" / "b.png", _pixels(1))
     write_png(tmp_path / "Coat" / "a.png", _pixels(2))
     write_png(tmp_path / "Bag" / "x.jpg", np.stack([_pixels(3, 16)] * 3, axis=-1))  # RGB, 16px
     write_png(tmp_path / "unlabeled" / "u.png", _pixels(4))
     (tmp_path / "Coat" / "notes.txt").write_text("ignored")
     (tmp_path / "Coat" / "._a.png").write_bytes(b"\0\5\x16\7")  # macOS metadata: skipped
-    source = read_folder(tmp_path, image_size=8, channels=1)
+    source = read_folder(tmp_path, gray8)
     assert source.classes == ["Bag", "Coat"]
     assert source.origin == ["Bag/x.jpg", "Coat/a.png", "Coat/b.png", "unlabeled/u.png"]
     assert source.labels.tolist() == [0, 1, 1, -1]
     assert source.split == [None] * 4
     assert source.images.shape == (4, 1, 8, 8)
-    assert torch.equal(source.images[1, 0], torch.from_numpy(_pixels(2)))  # PNG is exact
+    assert torch.equal(_image(source, 1)[0], torch.from_numpy(_pixels(2)))  # PNG is exact
 
-    rgb = read_folder(tmp_path, classes=["Coat", "Bag", "Dress"], image_size=8, channels=3, limit=1)
+    rgb = read_folder(tmp_path, Decoding(8, 3, gray8.cache), classes=["Coat", "Bag", "Dress"], limit=1)
     assert rgb.classes == ["Coat", "Bag", "Dress"]
     assert rgb.origin == ["Bag/x.jpg", "Coat/a.png", "unlabeled/u.png"]
     assert rgb.labels.tolist() == [1, 0, -1]
     assert rgb.images.shape == (3, 3, 8, 8)
 
 
-def test_read_folder_rejects_unknown_class_folder(tmp_path, write_png):
+def test_read_folder_rejects_unknown_class_folder(tmp_path, write_png, gray8):
     write_png(tmp_path / "Coat" / "a.png", _pixels(1))
     write_png(tmp_path / "Hat" / "a.png", _pixels(2))
     expected = r"Hat: folder 'Hat' is not one of ingest.classes \(Coat, Bag\)"
     with pytest.raises(PrefineError, match=expected):
-        read_folder(tmp_path, classes=["Coat", "Bag"])
+        read_folder(tmp_path, gray8, classes=["Coat", "Bag"])
 
 
-def test_read_folder_reads_every_format_pillow_reads(tmp_path):
+def test_read_folder_reads_every_format_pillow_reads(tmp_path, gray8):
     formats = {"Bag": ".webp", "Coat": ".bmp", "Dress": ".tif", "Hat": ".gif"}
     for k, (name, suffix) in enumerate(formats.items()):
         (tmp_path / name).mkdir()
         Image.fromarray(_pixels(k)).save(tmp_path / name / f"a{suffix}", lossless=True)
-    source = read_folder(tmp_path, image_size=8)
+    source = read_folder(tmp_path, gray8)
     assert source.classes == list(formats)
     assert source.origin == [f"{name}/a{suffix}" for name, suffix in formats.items()]
     for k in range(len(formats)):
-        assert torch.equal(source.images[k, 0], torch.from_numpy(_pixels(k)))
+        assert torch.equal(_image(source, k)[0], torch.from_numpy(_pixels(k)))
 
 
-def test_read_folder_train_test_layout_pins_the_split(tmp_path, write_png):
+def test_read_folder_train_test_layout_pins_the_split(tmp_path, write_png, gray8):
     for k, name in enumerate(["train/Coat/a", "train/Bag/a", "train/unlabeled/v", "test/Coat/b",
                               "test/Bag/b", "unlabeled/u"]):  # fmt: skip
         write_png(tmp_path / f"{name}.png", _pixels(k))
-    source = read_folder(tmp_path, image_size=8)
+    source = read_folder(tmp_path, gray8)
     assert source.classes == ["Bag", "Coat"]
     assert source.origin == [
         "train/Bag/a.png", "train/Coat/a.png", "train/unlabeled/v.png",
@@ -175,100 +187,100 @@ def _layout_message(folder, problem: str) -> str:
     return f"{folder}: {problem}; source 'folder' expects {FOLDER_LAYOUTS}"
 
 
-def test_read_folder_names_a_folder_without_images_and_what_it_holds(tmp_path, write_png):
+def test_read_folder_names_a_folder_without_images_and_what_it_holds(tmp_path, write_png, gray8):
     write_png(tmp_path / "Coat" / "a.png", _pixels(1))
     (tmp_path / "Hat").mkdir()
     (tmp_path / "Hat" / "a.heic").write_bytes(b"")
     (tmp_path / "Hat" / "notes.txt").write_text("")
     with pytest.raises(PrefineError) as error:
-        read_folder(tmp_path)
+        read_folder(tmp_path, gray8)
     assert str(error.value) == _layout_message(
         tmp_path / "Hat", "no image files (it holds a.heic, notes.txt)"
     )
 
 
-def test_read_folder_names_what_it_found_instead_of_a_layout(tmp_path, write_png):
+def test_read_folder_names_what_it_found_instead_of_a_layout(tmp_path, write_png, gray8):
     for split in ("train", "val"):  # val/ is not test/: read as a flat tree
         write_png(tmp_path / split / "Bag" / "a.png", _pixels(0))
     with pytest.raises(PrefineError) as error:
-        read_folder(tmp_path)
+        read_folder(tmp_path, gray8)
     assert str(error.value) == _layout_message(tmp_path / "train", "no image files (it holds Bag/)")
 
     loose = tmp_path / "loose"
     for k in range(7):
         write_png(loose / f"{k}.png", _pixels(k))
     with pytest.raises(PrefineError) as error:
-        read_folder(loose)
+        read_folder(loose, gray8)
     expected = "no class folders (it holds 0.png, 1.png, 2.png, 3.png, 4.png and 2 more)"
     assert str(error.value) == _layout_message(loose, expected)
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(PrefineError) as error:
-        read_folder(tmp_path / "empty")
+        read_folder(tmp_path / "empty", gray8)
     assert str(error.value) == _layout_message(tmp_path / "empty", "no class folders (it is empty)")
 
 
-def test_read_folder_train_test_layout_needs_class_folders_in_test(tmp_path, write_png):
+def test_read_folder_train_test_layout_needs_class_folders_in_test(tmp_path, write_png, gray8):
     write_png(tmp_path / "train" / "Bag" / "a.png", _pixels(0))
     write_png(tmp_path / "test" / "a.png", _pixels(1))
     with pytest.raises(PrefineError) as error:
-        read_folder(tmp_path)
+        read_folder(tmp_path, gray8)
     assert str(error.value) == _layout_message(tmp_path / "test", "no class folders (it holds a.png)")
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
-def test_read_manifest(tmp_path, write_png, suffix):
+def test_read_manifest(tmp_path, write_png, suffix, gray8):
     for k, name in enumerate(["a.png", "b.png", "sub/c.png"]):
         write_png(tmp_path / "img" / name, _pixels(k))
     table = pd.DataFrame({"path": ["b.png", "sub/c.png", "a.png"], "label": ["Coat", None, "Bag"]})
     file = tmp_path / f"list{suffix}"
     table.to_csv(file, index=False) if suffix == ".csv" else table.to_parquet(file)
-    source = read_manifest(file, root=tmp_path / "img", image_size=8)
+    source = read_manifest(file, gray8, root=tmp_path / "img")
     assert source.classes == ["Bag", "Coat"]
     assert source.labels.tolist() == [1, -1, 0]
     assert source.origin == ["b.png", "sub/c.png", "a.png"]
-    assert torch.equal(source.images[2, 0], torch.from_numpy(_pixels(0)))
-    head = read_manifest(file, root=tmp_path / "img", image_size=8, limit=2)
+    assert torch.equal(_image(source, 2)[0], torch.from_numpy(_pixels(0)))
+    head = read_manifest(file, gray8, root=tmp_path / "img", limit=2)
     assert head.classes == ["Coat"] and head.labels.tolist() == [0, -1]
 
 
-def test_read_manifest_int_labels_with_gaps(tmp_path, write_png):
+def test_read_manifest_int_labels_with_gaps(tmp_path, write_png, gray8):
     write_png(tmp_path / "a.png", _pixels(0))
     write_png(tmp_path / "b.png", _pixels(1))
     table = pd.DataFrame({"path": ["a.png", "b.png"], "label": [3, None]})
     table.to_parquet(tmp_path / "m.parquet")
-    source = read_manifest(tmp_path / "m.parquet", image_size=8)
+    source = read_manifest(tmp_path / "m.parquet", gray8)
     assert source.classes == ["3"] and source.labels.tolist() == [0, -1]
 
 
-def test_read_manifest_missing_column(tmp_path):
+def test_read_manifest_missing_column(tmp_path, gray8):
     (tmp_path / "m.csv").write_text("file,label\na.png,Coat\n")
     with pytest.raises(PrefineError, match=r"m.csv: no 'path' column \(columns: file, label\)"):
-        read_manifest(tmp_path / "m.csv")
+        read_manifest(tmp_path / "m.csv", gray8)
 
 
-def test_read_manifest_refuses_symlink_escape(tmp_path, write_png):
+def test_read_manifest_refuses_symlink_escape(tmp_path, write_png, gray8):
     write_png(tmp_path / "outside.png", _pixels(0))
     (tmp_path / "root").mkdir()
     (tmp_path / "root" / "link.png").symlink_to(tmp_path / "outside.png")
     (tmp_path / "root" / "m.csv").write_text("path,label\nlink.png,Coat\n")
     with pytest.raises(PrefineError, match=r"m.csv: row 1 .*'link.png' lies outside the data root"):
-        read_manifest(tmp_path / "root" / "m.csv")
+        read_manifest(tmp_path / "root" / "m.csv", gray8)
 
 
-def test_read_manifest_refuses_absolute_path_elsewhere(tmp_path, write_png):
+def test_read_manifest_refuses_absolute_path_elsewhere(tmp_path, write_png, gray8):
     write_png(tmp_path / "outside.png", _pixels(0))
     (tmp_path / "root").mkdir()
     (tmp_path / "root" / "m.csv").write_text(f"path,label\n{tmp_path / 'outside.png'},Coat\n")
     with pytest.raises(PrefineError, match=r"m.csv: row 1 .*outside.png' lies outside the data"):
-        read_manifest(tmp_path / "root" / "m.csv")
+        read_manifest(tmp_path / "root" / "m.csv", gray8)
 
 
-def test_corrupt_image_in_manifest_names_the_file(tmp_path):
+def test_corrupt_image_in_manifest_names_the_file(tmp_path, gray8):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     (tmp_path / "m.csv").write_text("path,label\nbad.png,Coat\n")
     with pytest.raises(PrefineError, match=r"bad.png: not a readable image"):
-        read_manifest(tmp_path / "m.csv")
+        read_manifest(tmp_path / "m.csv", gray8)
 
 
 @pytest.mark.parametrize(
@@ -278,11 +290,11 @@ def test_corrupt_image_in_manifest_names_the_file(tmp_path):
         ({"name": "Coat"}, "label {'name': 'Coat'} has type dict"),
     ],
 )
-def test_manifest_label_that_is_not_a_scalar(tmp_path, write_png, label, message):
+def test_manifest_label_that_is_not_a_scalar(tmp_path, write_png, label, message, gray8):
     write_png(tmp_path / "a.png", _pixels(0))
     pd.DataFrame({"path": ["a.png"], "label": [label]}).to_parquet(tmp_path / "m.parquet")
     with pytest.raises(PrefineError) as error:
-        read_manifest(tmp_path / "m.parquet")
+        read_manifest(tmp_path / "m.parquet", gray8)
     expected = f"{tmp_path / 'm.parquet'}: {ROW_1}: {message}; a label is text or a number"
     assert str(error.value) == expected
 
@@ -295,9 +307,9 @@ def test_manifest_label_that_is_not_a_scalar(tmp_path, write_png, label, message
         ("d/" * 2100 + "a.png", "is longer than the OS allows for a file name or path"),  # path
     ],
 )
-def test_manifest_path_the_os_cannot_take(tmp_path, path, problem):
+def test_manifest_path_the_os_cannot_take(tmp_path, path, problem, gray8):
     pd.DataFrame({"path": [path], "label": ["Coat"]}).to_parquet(tmp_path / "m.parquet")
     with pytest.raises(PrefineError) as error:
-        read_manifest(tmp_path / "m.parquet")
+        read_manifest(tmp_path / "m.parquet", gray8)
     shown = repr(path) if len(repr(path)) <= 120 else f"{repr(path)[:60]}...{repr(path)[-60:]}"
     assert str(error.value) == f"{tmp_path / 'm.parquet'}: {ROW_1}: path {shown} {problem}"

@@ -9,6 +9,7 @@ from pathlib import Path
 import faults
 import pandas as pd
 import pytest
+import yaml
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
@@ -16,6 +17,7 @@ from flows.study import WORK, label_budget_study
 from prefine.data.ingest import read_pools
 from prefine.data.store import NO_LABEL
 from prefine.errors import PrefineError
+from prefine.evaluate.baselines import BASELINES
 from prefine.evaluate.study import (
     SCRATCH,
     markdown,
@@ -135,13 +137,19 @@ def test_flow_end_to_end_then_a_rerun_reuses_everything(
     assert (tmp_path / "params.yaml").read_text() == before  # overrides are the run's, not the file's
 
     csv = pd.read_csv(summary["csv"])
-    expected = {(m, str(b), s) for m in ("autoencoder", "simclr", SCRATCH) for b in (1, 5) for s in (0, 1)}
+    methods = ("autoencoder", "simclr", SCRATCH, *BASELINES)
+    expected = {(m, str(b), s) for m in methods for b in (1, 5) for s in (0, 1)}
     assert set(zip(csv["method"], csv["labels_per_class"].astype(str), csv["seed"], strict=True)) == expected
-    assert len(csv) == 12 and csv["accuracy"].between(0, 1).all()
-    assert (csv["labeled"] == csv["labels_per_class"] * 10).all()
+    assert len(csv) == 28 and csv["accuracy"].between(0, 1).all()
+    assert (csv["labeled"] == csv["labels_per_class"] * 10).all()  # baselines use the networks' subsets
+    assert list(dict.fromkeys(csv["method"]))[-5:] == [SCRATCH, *sorted(BASELINES)]
     md = Path(summary["md"]).read_text().splitlines()
     table_rows = [line for line in md if line.startswith("| ") and "±" in line]
-    assert len(table_rows) == 6 and all(line.count("±") == 2 for line in table_rows)  # 3 methods x 2 metrics
+    assert len(table_rows) == 14 and all(line.count("±") == 2 for line in table_rows)  # 7 rows x 2 metrics
+    folder = Path(summary["csv"]).parent
+    assert folder.parent == tmp_path / "reports" and folder.name.startswith("study-")  # its own folder
+    made_by = yaml.safe_load((folder / "settings.yaml").read_text())
+    assert made_by["study"]["seeds"] == [0, 1] and made_by["finetune"]["steps"] == 5
     assert Path(summary["png"]).stat().st_size > 10_000
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from prefine.data.store import ImageSet
 from prefine.models.nets import encoder_spec
 from prefine.models.objectives import build_objective
 from prefine.params import PretrainParams
@@ -8,6 +9,7 @@ from prefine.training.loop import Run, fit
 
 SPEC = encoder_spec("conv", 1, 16, 4)
 IMAGES = torch.randint(0, 256, (40, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+DATA = ImageSet(IMAGES, torch.full((40,), -1), [])
 
 
 class Crash(Exception):
@@ -23,7 +25,7 @@ def train(epochs: int, state_file=None, fingerprint="a", on_epoch=None):
     torch.manual_seed(0)
     model = build_objective(SPEC, PretrainParams(method="denoising", noise=0.3))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    run = Run([IMAGES], epochs=epochs, batch_size=16, seed=0, fingerprint=fingerprint, state_file=state_file)
+    run = Run(DATA, epochs=epochs, batch_size=16, seed=0, fingerprint=fingerprint, state_file=state_file)
     history = fit(model, optimizer, lambda b, g: model.loss(b[0], g), run, torch.device("cpu"), on_epoch)
     return model, history
 
@@ -47,7 +49,7 @@ def test_resume_skips_finished_epochs_and_replays_history(tmp_path):
     torch.manual_seed(0)
     model = build_objective(SPEC, PretrainParams(method="denoising", noise=0.3))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    run = Run([IMAGES], epochs=2, batch_size=16, seed=0, fingerprint="a", state_file=state)
+    run = Run(DATA, epochs=2, batch_size=16, seed=0, fingerprint="a", state_file=state)
     again = fit(model, optimizer, lambda b, g: model.loss(b[0], g), run, torch.device("cpu"), logged.append)
     assert again == history and logged == history
     for key, value in first.state_dict().items():
@@ -66,11 +68,13 @@ def test_a_non_finite_loss_stops_training_naming_the_step(tmp_path):
     from prefine.training.loop import TrainingDiverged
 
     model = torch.nn.Linear(4, 1)
+    with torch.no_grad():
+        model.weight.fill_(float("nan"))  # a broken model: the first step's loss is NaN
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    data = torch.full((12, 4), float("nan"))  # a broken input: the first step's loss is NaN
-    run = Run([data], epochs=1, batch_size=4, seed=0, fingerprint="x", state_file=tmp_path / "state.pt")
+    data = ImageSet(torch.zeros(12, 4, dtype=torch.uint8), torch.zeros(12, dtype=torch.int64), [])
+    run = Run(data, epochs=1, batch_size=4, seed=0, fingerprint="x", state_file=tmp_path / "state.pt")
     with pytest.raises(TrainingDiverged, match="loss is nan at epoch 1, step 1 of 3"):
-        fit(model, optimizer, lambda b, g: model(b[0]).mean(), run, torch.device("cpu"))
+        fit(model, optimizer, lambda b, g: model(b[0].float()).mean(), run, torch.device("cpu"))
     assert not (tmp_path / "state.pt").exists()  # nothing saved from the broken epoch
 
 

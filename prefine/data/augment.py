@@ -1,4 +1,11 @@
-"""Batched augmentation on float tensors: per-sample random parameters, no per-image Python."""
+"""Batched augmentation on float tensors: per-sample random parameters, no per-image Python.
+
+Every function takes a batch [N, C, H, W] in [0, 1] on the training device and draws its
+parameters from the generator it is given, so a run's views depend on its seed alone. Gray
+images (C = 1, Fashion-MNIST) get the views they always had; colour images (C = 3, any size)
+get SimCLR's recipe: random resized crop (area and aspect), flip, colour jitter (brightness,
+contrast, saturation, hue), random grayscale and blur.
+"""
 
 from __future__ import annotations
 
@@ -28,14 +35,21 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(mask[:, None, None, None], x.flip(3), x)
 
 
-def random_resized_crop(x: torch.Tensor, scale: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
-    """Crop a random square of `scale` of the area (random centre) from each image, resized back."""
+def random_resized_crop(
+    x: torch.Tensor, scale: tuple[float, float], generator: torch.Generator, ratio: tuple[float, float] | None = None
+) -> torch.Tensor:
+    """Crop a random `scale` of the area (random centre) from each image, resized back: the
+    image's own shape, or with `ratio` a random aspect (log-uniform, width/height) in it."""
     n = len(x)
     area = torch.empty(n, device=x.device).uniform_(*scale, generator=generator)
-    side = area.sqrt()
-    centre = (torch.rand(n, 2, generator=generator, device=x.device) * 2 - 1) * (1 - side)[:, None]
+    if ratio is None:
+        side = torch.stack([area.sqrt(), area.sqrt()], 1)  # (width, height), as fractions
+    else:
+        log_ratio = torch.empty(n, device=x.device).uniform_(*map(math.log, ratio), generator=generator)
+        side = torch.stack([(area * log_ratio.exp()).sqrt(), (area / log_ratio.exp()).sqrt()], 1).clamp(max=1.0)
+    centre = (torch.rand(n, 2, generator=generator, device=x.device) * 2 - 1) * (1 - side)
     theta = torch.zeros(n, 2, 3, device=x.device)
-    theta[:, 0, 0] = theta[:, 1, 1] = side
+    theta[:, 0, 0], theta[:, 1, 1] = side[:, 0], side[:, 1]
     theta[:, :, 2] = centre
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
@@ -50,15 +64,75 @@ def random_brightness_contrast(x: torch.Tensor, strength: float, generator: torc
     return ((x - mean) * contrast + mean + brightness).clamp(0, 1)
 
 
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as Pillow's and torchvision's grayscale
+YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def _mix(matrices: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Each image's channels mixed by its own 3x3 matrix [N, 3, 3]."""
+    return torch.einsum("nij,njhw->nihw", matrices.to(x.dtype), x)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """RGB [N, 3, H, W] -> its luma in every channel."""
+    luma = sum(w * x[:, c : c + 1] for c, w in enumerate(LUMA))
+    return luma.expand_as(x)
+
+
+def _uniform(n: int, spread: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Per-image factors in [1 - spread, 1 + spread], shaped to scale images."""
+    return (1 + (torch.rand(n, generator=generator, device=device) * 2 - 1) * spread).view(n, 1, 1, 1)
+
+
+def colour_jitter(
+    x: torch.Tensor, strength: tuple[float, float, float, float], generator: torch.Generator, p: float = 0.8
+) -> torch.Tensor:
+    """Brightness, contrast and saturation scaled by up to (b, c, s), hue turned by up to h of a
+    full turn (a rotation of the YIQ chroma plane), each image its own, in a random `p` of the
+    batch; RGB only."""
+    n, dev = len(x), x.device
+    b, c, s, h = strength
+    y = (x * _uniform(n, b, generator, dev)).clamp(0, 1)
+    mean = grayscale(y).mean(dim=(1, 2, 3), keepdim=True)
+    y = ((y - mean) * _uniform(n, c, generator, dev) + mean).clamp(0, 1)
+    gray = grayscale(y)
+    y = ((y - gray) * _uniform(n, s, generator, dev) + gray).clamp(0, 1)
+    angle = (torch.rand(n, generator=generator, device=dev) * 2 - 1) * h * 2 * math.pi
+    turn = torch.zeros(n, 3, 3, device=dev)
+    turn[:, 0, 0] = 1
+    turn[:, 1, 1], turn[:, 1, 2], turn[:, 2, 1], turn[:, 2, 2] = angle.cos(), -angle.sin(), angle.sin(), angle.cos()
+    yiq = YIQ.to(dev)
+    y = _mix(torch.linalg.inv(yiq) @ turn @ yiq, y).clamp(0, 1)
+    apply = torch.rand(n, generator=generator, device=dev) < p
+    return torch.where(apply[:, None, None, None], y, x)
+
+
+def random_grayscale(x: torch.Tensor, generator: torch.Generator, p: float = 0.2) -> torch.Tensor:
+    """A random `p` of the batch turned gray (kept 3-channel)."""
+    apply = torch.rand(len(x), generator=generator, device=x.device) < p
+    return torch.where(apply[:, None, None, None], grayscale(x), x)
+
+
 def two_views(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """SimCLR-style views of a batch: crop-resize, flip, brightness/contrast, each independent."""
+    """SimCLR-style views of a batch, each independent: gray images as they always were
+    (crop-resize, flip, brightness/contrast), colour ones by SimCLR's recipe (colour_view)."""
+    view = gray_view if x.shape[1] == 1 else colour_view
+    return view(x, generator), view(x, generator)
 
-    def view() -> torch.Tensor:
-        v = random_resized_crop(x, (0.35, 1.0), generator)
-        v = random_hflip(v, generator)
-        return random_brightness_contrast(v, 0.4, generator)
 
-    return view(), view()
+def gray_view(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    v = random_resized_crop(x, (0.35, 1.0), generator)
+    v = random_hflip(v, generator)
+    return random_brightness_contrast(v, 0.4, generator)
+
+
+def colour_view(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """SimCLR's ImageNet views (Chen et al. 2020), blur sigma scaled to the image size."""
+    v = random_resized_crop(x, (0.2, 1.0), generator, ratio=(3 / 4, 4 / 3))
+    v = random_hflip(v, generator)
+    v = colour_jitter(v, (0.4, 0.4, 0.4, 0.1), generator, p=0.8)
+    v = random_grayscale(v, generator, p=0.2)
+    return random_gaussian_blur(v, (0.1, max(0.2, 2.0 * x.shape[-1] / 224)), generator, p=0.5).clamp(0, 1)
 
 
 def random_erasing(

@@ -14,8 +14,11 @@
 - Colour: CMYK, YCbCr and Pillow's other colour modes go through its conversion to RGB;
   channels=1 is ITU-R 601 luma (Pillow's L), channels=3 repeats gray into R, G and B.
 - Size: a file whose header promises more than PIL.Image.MAX_IMAGE_PIXELS pixels (Pillow's
-  default, about 89 million) is refused before any pixel is decoded (decompression bombs);
-  the rest are resized bilinearly to image_size x image_size.
+  default, about 89 million) is refused before any pixel is decoded (decompression bombs).
+  The rest are stored at image_size x image_size: the shorter side resized to image_size
+  (bilinear, antialiased), then the centre cropped to a square (ImageOps.fit: the crop is taken
+  first and resampled once). A JPEG larger than twice image_size is decoded at 1/2, 1/4 or 1/8
+  scale first (libjpeg's DCT scaling, Image.draft), never below image_size: 3-10x faster.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageFile, ImageOps
 
 from prefine.errors import PrefineError
 
 BACKGROUND = 255  # white, per channel: what transparent pixels become
+ORIENTATION = 0x0112  # the EXIF tag
+TURNED = (5, 6, 7, 8)  # orientations that swap width and height
 
 
 def _readable_suffixes() -> frozenset[str]:
@@ -45,18 +49,17 @@ def _readable_suffixes() -> frozenset[str]:
 IMAGE_SUFFIXES = _readable_suffixes()
 
 
-def decode_images(paths: list[Path], image_size: int, channels: int) -> torch.Tensor:
-    """Decode image files to uint8 [N, C, S, S]; the one place images are decoded."""
-    out = np.empty((len(paths), channels, image_size, image_size), np.uint8)
-    for i, path in enumerate(paths):
-        out[i] = decode_image(path, image_size, channels)
-    return torch.from_numpy(out)
-
-
 def decode_image(path: Path, image_size: int, channels: int) -> np.ndarray:
     """One file as uint8 [C, S, S] by the module's rules; any failure names the file."""
+    return decode_sized(path, image_size, channels)[0]
+
+
+def decode_sized(path: Path, image_size: int, channels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """decode_image, and the image's (width, height) as shown (after EXIF orientation)."""
     try:
         with _open(path) as opened:
+            shown = _shown_size(opened)
+            opened.draft(None, (image_size, image_size))  # JPEG only: decode no larger than needed
             flat = _flatten(_to_8bit(ImageOps.exif_transpose(opened)))
             img = flat.convert("L" if channels == 1 else "RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -64,9 +67,15 @@ def decode_image(path: Path, image_size: int, channels: int) -> np.ndarray:
     except (OSError, ValueError, EOFError) as exc:
         raise PrefineError(f"{path}: not a readable image ({exc})") from None
     if img.size != (image_size, image_size):
-        img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        img = ImageOps.fit(img, (image_size, image_size), Image.Resampling.BILINEAR)
     pixels = np.asarray(img, np.uint8)
-    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+    return (pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)), shown
+
+
+def _shown_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) as a viewer shows it: swapped when EXIF says the image is turned 90 degrees."""
+    width, height = img.size
+    return (height, width) if img.getexif().get(ORIENTATION, 1) in TURNED else (width, height)
 
 
 def _open(path: Path) -> Image.Image:

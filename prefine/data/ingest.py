@@ -1,9 +1,12 @@
 """Stage ingest: one source in; an unlabeled pool, a labeled budget and a test split out.
 
 Splits and the labeled choice come from content hashes, so an image keeps its place when the
-dataset grows (a source's own split wins: Fashion-MNIST's t10k, a folder's train/ and test/). The pool is every training image without its label and ignores
-finetune.labels_per_class, so changing the budget leaves its bytes (and DVC's pretrain) alone.
-Everything is checked before anything is written.
+dataset grows (a source's own split wins: Fashion-MNIST's t10k, a folder's train/ and test/).
+The pool is every training image without its label and ignores finetune.labels_per_class, so
+changing the budget leaves its bytes (and DVC's pretrain) alone. Everything is checked before
+anything is written. Image files are decoded once, in parallel, into a cache beside the splits
+(data/.ingest-cache, data/cache.py): a second ingest decodes only the files added or changed,
+and each split is written a shard at a time from there, so memory stays flat at any size.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import torch
 from prefine import paths
 from prefine.atomic import atomic_path
 from prefine.data.sources import Source, read_source
-from prefine.data.store import NO_LABEL, ImageSet, write_split
+from prefine.data.store import NO_LABEL, ImageSet, Rows, gather, write_split
 from prefine.errors import PrefineError
 from prefine.params import IngestParams, Params
 
 SHOWN = 3  # images named in an error about a class
+CACHE_NAME = ".ingest-cache"  # decoded images kept between ingests, in the data folder
 
 
 def ingest(
@@ -33,7 +37,7 @@ def ingest(
     metrics_file: Path = paths.INGEST_METRICS_FILE,
 ) -> dict[str, int]:
     """Read, split, dedupe and select; write data/{unlabeled,labeled,test} and the counts."""
-    pools = read_pools(params.ingest)
+    pools = read_pools(params.ingest, Path(out_dir) / CACHE_NAME)
     labeled = pools.labeled(params.finetune.labels_per_class, params.seed)
     pools.require_test()
     counts = {"unlabeled": len(pools.train), "labeled": len(labeled), "test": len(pools.test), **pools.counts}
@@ -119,19 +123,25 @@ class Pools:
         return ", ".join(self.source.origin[row] for row in rows)
 
     def images(self, rows: pd.DataFrame, keep_labels: bool = True) -> ImageSet:
-        index = torch.from_numpy(rows["row"].to_numpy(dtype=np.int64, copy=True))
-        labels = self.source.labels[index] if keep_labels else torch.full((len(index),), NO_LABEL)
-        return ImageSet(self.source.images[index], labels, list(self.source.classes))
+        """`rows` in memory, as an ImageSet of tensors."""
+        lazy = self._rows(rows, keep_labels)
+        return ImageSet(gather(lazy.images, np.arange(len(lazy))), lazy.labels, lazy.classes)
 
     def write(self, folder: Path, split: str, rows: pd.DataFrame, keep_labels: bool) -> None:
-        """`rows` as a data split on disk (store.write_split), named `split` in its manifest."""
-        write_split(folder, self.images(rows, keep_labels), _manifest(self.source, rows, split, keep_labels))
+        """`rows` as a data split on disk (store.write_split), named `split` in its manifest; the
+        images are read a shard at a time, never gathered whole."""
+        write_split(folder, self._rows(rows, keep_labels), _manifest(self.source, rows, split, keep_labels))
+
+    def _rows(self, rows: pd.DataFrame, keep_labels: bool) -> ImageSet:
+        index = rows["row"].to_numpy(dtype=np.int64, copy=True)
+        labels = self.source.labels[index] if keep_labels else torch.full((len(index),), NO_LABEL)
+        return ImageSet(Rows(self.source.images, index), labels, list(self.source.classes))
 
 
-def read_pools(p: IngestParams) -> Pools:
-    """Read the source; hash, split and dedupe it (read_source checks the files)."""
-    source = read_source(p)
-    shas = content_hashes(source.images)
+def read_pools(p: IngestParams, cache: Path = paths.DATA_DIR / CACHE_NAME) -> Pools:
+    """Read the source (decoding into `cache`); hash, split and dedupe it (read_source checks the files)."""
+    source = read_source(p, cache)
+    shas = source.shas
     table = pd.DataFrame(
         {
             "row": np.arange(len(source)),
@@ -151,13 +161,6 @@ def read_pools(p: IngestParams) -> Pools:
     pools = Pools(source, train, test, counts, p)
     pools.require_classes()
     return pools
-
-
-def content_hashes(images: torch.Tensor) -> list[str]:
-    """sha256 hex of each image's shape and pixel bytes: the identity used to split and dedupe."""
-    pixels = np.ascontiguousarray(images.numpy())
-    prefix = "x".join(map(str, pixels.shape[1:])).encode() + b":"
-    return [hashlib.sha256(prefix + image.tobytes()).hexdigest() for image in pixels]
 
 
 def assign_splits(pinned: list[str | None], shas: list[str], test_fraction: float) -> list[str]:
@@ -207,12 +210,15 @@ def _manifest(source: Source, rows: pd.DataFrame, split: str, keep_labels: bool)
         source.classes[label] if keep_labels and label != NO_LABEL else None
         for label in rows["label"].tolist()
     ]
+    index = rows["row"].to_numpy()
     return pd.DataFrame(
         {
             "id": [sha[:16] for sha in shas],
             "sha256": shas,
             "label": pd.array(names, dtype="string"),
             "split": [split] * len(shas),
-            "source": [source.origin[i] for i in rows["row"].tolist()],
+            "source": [source.origin[i] for i in index.tolist()],
+            "width": source.sizes[index, 0],
+            "height": source.sizes[index, 1],
         }
     )

@@ -1,39 +1,30 @@
-"""Readers that turn a dataset on disk into one in-memory Source, checking it as they go.
+"""Readers that turn a dataset on disk into one Source, checking it as they go.
 
 Every problem is a PrefineError naming the file (and row) to fix, raised before ingest writes
-anything. Three layouts: Fashion-MNIST IDX files, an ImageFolder tree (flat, or split into
-train/ and test/), a CSV/Parquet manifest. Work stays bounded on hostile files: an IDX file is
-read no further than its header promises, and that promise is capped (MAX_IDX_BYTES).
+anything. Three layouts: Fashion-MNIST IDX files (read into memory, data/idx.py), an ImageFolder
+tree (flat, or split into train/ and test/) and a CSV/Parquet manifest (both decoded in parallel
+into the ingest cache, data/cache.py, and read from there: never whole in memory). Work stays
+bounded on hostile files: an IDX file is read no further than its header promises, and an image
+file's header is checked before it is decoded (decode.py).
 """
 
 from __future__ import annotations
 
-import gzip
-import math
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
 import torch
 
-from prefine.data.decode import IMAGE_SUFFIXES, decode_images
-from prefine.data.store import NO_LABEL
+from prefine.data.cache import decode_files, default_workers
+from prefine.data.decode import IMAGE_SUFFIXES
+from prefine.data.idx import FASHION_CLASSES, IDX_FILES, read_idx_pair
+from prefine.data.store import NO_LABEL, Pixels, content_hashes
 from prefine.errors import PrefineError
 from prefine.params import IngestParams
 
-FASHION_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
-IDX_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-MAX_IDX_BYTES = 2**28  # 256 MiB of pixels per IDX file: Fashion-MNIST's largest holds 47 MB
 UNLABELED_FOLDER = "unlabeled"
 SPLIT_FOLDERS = ("train", "test")
 FOLDER_LAYOUTS = (
@@ -43,21 +34,26 @@ FOLDER_LAYOUTS = (
 
 @dataclass
 class Source:
-    """Images uint8 [N, C, H, W], labels int64 [N] (NO_LABEL = -1), and per image its pinned
-    split ("train", "test", or None = decided by content hash) and where it came from."""
+    """Images uint8 [N, C, H, W] (a tensor, or Pixels in the ingest cache), labels int64 [N]
+    (NO_LABEL = -1), and per image its pinned split ("train", "test", or None = decided by
+    content hash), where it came from, its content hash (store.content_hashes) and its size as
+    shown before ingest resized it (width, height)."""
 
-    images: torch.Tensor
+    images: torch.Tensor | Pixels
     labels: torch.Tensor
     split: list[str | None]
     origin: list[str]
     classes: list[str]
+    shas: list[str]
+    sizes: np.ndarray
 
     def __len__(self) -> int:
         return len(self.labels)
 
 
-def read_source(p: IngestParams) -> Source:
-    """Read the source params.ingest names; image_size/channels apply to folder and manifest."""
+def read_source(p: IngestParams, cache: Path) -> Source:
+    """Read the source params.ingest names; image_size/channels apply to folder and manifest,
+    whose files are decoded by ingest.workers processes into `cache` (data/cache.py)."""
     path = Path(p.path)
     if p.source == "fashion-mnist":
         if p.classes is not None and p.classes != FASHION_CLASSES:
@@ -66,10 +62,35 @@ def read_source(p: IngestParams) -> Source:
                 + ", ".join(FASHION_CLASSES)
             )
         return read_idx(path, p.limit)
+    decoding = Decoding(p.image_size, p.channels, cache, p.workers or default_workers())
     if p.source == "folder":
-        return read_folder(path, p.classes, p.image_size, p.channels, p.limit)
+        return read_folder(path, decoding, p.classes, p.limit)
     root = Path(p.root) if p.root is not None else None
-    return read_manifest(path, root, p.classes, p.image_size, p.channels, p.limit)
+    return read_manifest(path, decoding, root, p.classes, p.limit)
+
+
+@dataclass
+class Decoding:
+    """How a folder's or manifest's files are decoded: the stored size and channels, the cache
+    the pixels go to, and how many processes decode."""
+
+    image_size: int
+    channels: int
+    cache: Path
+    workers: int = 1
+
+    def decode(self, listing: pd.DataFrame, classes: list[str]) -> Source:
+        """`listing` (path, label, split, origin), decoded (data/cache.py) into a Source."""
+        decoded = decode_files(listing["path"].tolist(), self.image_size, self.channels, self.cache, self.workers)
+        return Source(
+            images=decoded,
+            labels=torch.tensor(listing["label"].tolist(), dtype=torch.int64),
+            split=listing["split"].tolist(),
+            origin=listing["origin"].tolist(),
+            classes=classes,
+            shas=decoded.shas,
+            sizes=decoded.sizes,
+        )
 
 
 # --- Fashion-MNIST IDX -------------------------------------------------------------------
@@ -87,96 +108,29 @@ def read_idx(folder: Path, limit: int | None = None) -> Source:
         split=[s for p in parts for s in p.split],
         origin=[o for p in parts for o in p.origin],
         classes=list(FASHION_CLASSES),
+        shas=[sha for p in parts for sha in p.shas],
+        sizes=np.concatenate([p.sizes for p in parts]),
     )
 
 
 def _read_idx_split(folder: Path, split: str, limit: int | None) -> Source:
-    image_file, label_file = (_find_idx(folder, name) for name in IDX_FILES[split])
-    images = _read_idx_array(image_file, ndim=3)
-    labels = _read_idx_array(label_file, ndim=1)
-    if len(images) != len(labels):
-        raise PrefineError(
-            f"{image_file} holds {len(images)} images but {label_file} holds {len(labels)} labels"
-        )
-    bad = np.flatnonzero(labels >= len(FASHION_CLASSES))
-    if bad.size:
-        raise PrefineError(
-            f"{label_file}: label {labels[bad[0]]} at index {bad[0]} is not a Fashion-MNIST "
-            f"class (0-{len(FASHION_CLASSES) - 1})"
-        )
-    n = len(labels) if limit is None else min(limit, len(labels))
+    images, labels, name = read_idx_pair(folder, split, limit)
+    pixels = images[:, None]
     return Source(
-        images=torch.from_numpy(images[:n].copy()).unsqueeze(1),
-        labels=torch.from_numpy(labels[:n].astype(np.int64)),
-        split=[split] * n,
-        origin=[f"{image_file.name}#{i}" for i in range(n)],
+        images=torch.from_numpy(pixels.copy()),
+        labels=torch.from_numpy(labels.astype(np.int64)),
+        split=[split] * len(labels),
+        origin=[f"{name}#{i}" for i in range(len(labels))],
         classes=list(FASHION_CLASSES),
+        shas=content_hashes(pixels),
+        sizes=np.full((len(labels), 2), pixels.shape[-1:-3:-1], np.int64),
     )
-
-
-def _find_idx(folder: Path, name: str) -> Path:
-    for candidate in (folder / name, folder / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
-    raise PrefineError(
-        f"{folder / name}: missing (nor {name}.gz); ingest.path needs all four IDX files"
-    )
-
-
-def _read_idx_array(file: Path, ndim: int) -> np.ndarray:
-    """Parse an unsigned-byte IDX file whose size must match its header exactly, reading (and
-    inflating) at most one byte more than the header promises, so a gzip bomb stays bounded."""
-    header = 4 + 4 * ndim
-    try:
-        with gzip.open(file, "rb") if file.suffix == ".gz" else file.open("rb") as stream:
-            dims = _idx_dims(file, stream, ndim)
-            size = math.prod(dims)
-            body = stream.read(size + 1)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise PrefineError(f"{file}: cannot read ({exc})") from None
-    if len(body) != size:
-        short = len(body) < size
-        raise PrefineError(
-            f"{file}: {'truncated' if short else 'has trailing bytes'}: header promises "
-            f"{' x '.join(map(str, dims))} values ({header + size} bytes with the header), "
-            + (f"found {header + len(body)} bytes" if short else "found more")
-        )
-    return np.frombuffer(body, np.uint8).reshape(dims)
-
-
-def _idx_dims(file: Path, stream: BinaryIO, ndim: int) -> list[int]:
-    """The dimensions an IDX header declares, checked before any pixel is read."""
-    header = 4 + 4 * ndim
-    raw = stream.read(header)
-    if len(raw) < header:
-        raise PrefineError(f"{file}: {len(raw)} bytes, too short for a {header}-byte IDX header")
-    magic, expected_magic = int.from_bytes(raw[:4], "big"), 0x0800 + ndim
-    if magic != expected_magic:
-        raise PrefineError(
-            f"{file}: magic number {magic:#010x}, expected {expected_magic:#010x} "
-            f"(unsigned bytes, {ndim} dimension(s))"
-        )
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    if 0 in dims[1:]:
-        raise PrefineError(f"{file}: header has a zero image size {dims[1:]}")
-    if (size := math.prod(dims)) > MAX_IDX_BYTES:
-        raise PrefineError(
-            f"{file}: header promises {' x '.join(map(str, dims))} values "
-            f"({size} bytes), over the {MAX_IDX_BYTES}-byte limit; refused unread"
-        )
-    return dims
 
 
 # --- ImageFolder -------------------------------------------------------------------------
 
 
-def read_folder(
-    root: Path,
-    classes: list[str] | None = None,
-    image_size: int = 28,
-    channels: int = 1,
-    limit: int | None = None,
-) -> Source:
+def read_folder(root: Path, decoding: Decoding, classes: list[str] | None = None, limit: int | None = None) -> Source:
     """Read root/<class>/* and root/unlabeled/* (split by hash later), or the same under
     root/train and root/test (split pinned); `limit` caps each folder (sorted)."""
     root = Path(root)
@@ -192,16 +146,14 @@ def read_folder(
             )
     order = list(classes) if classes is not None else names
     found = [(path, split) for folder, split in groups for path in _image_files(folder)[:limit]]
-    paths = [path for path, _ in found]
     index = {name: i for i, name in enumerate(order)} | {UNLABELED_FOLDER: NO_LABEL}
-    labels = [index[p.parent.name] for p in paths]
-    return Source(
-        images=decode_images(paths, image_size, channels),
-        labels=torch.tensor(labels, dtype=torch.int64),
-        split=[split for _, split in found],
-        origin=[p.relative_to(root).as_posix() for p in paths],
-        classes=order,
-    )
+    listing = pd.DataFrame({
+        "path": [path for path, _ in found],
+        "label": [index[path.parent.name] for path, _ in found],
+        "split": [split for _, split in found],
+        "origin": [path.relative_to(root).as_posix() for path, _ in found],
+    })  # fmt: skip
+    return decoding.decode(listing, order)
 
 
 def _folder_groups(root: Path) -> list[tuple[Path, str | None]]:
@@ -247,10 +199,9 @@ def _layout_error(folder: Path, problem: str, shown: int = 5) -> str:
 
 def read_manifest(
     file: Path,
+    decoding: Decoding,
     root: Path | None = None,
     classes: list[str] | None = None,
-    image_size: int = 28,
-    channels: int = 1,
     limit: int | None = None,
 ) -> Source:
     """Read a CSV/Parquet manifest (path,label); paths must stay inside root (default: its folder).
@@ -272,18 +223,15 @@ def read_manifest(
                     f"{file}: {_row(n)}: label {text!r} is not one of ingest.classes "
                     f"({', '.join(classes)})"
                 )
-    paths = [_resolve(file, base, n, value) for n, value in enumerate(table["path"], start=1)]
     order = list(classes) if classes is not None else sorted({t for t in texts if t is not None})
     index = {name: i for i, name in enumerate(order)}
-    return Source(
-        images=decode_images(paths, image_size, channels),
-        labels=torch.tensor(
-            [NO_LABEL if t is None else index[t] for t in texts], dtype=torch.int64
-        ),
-        split=[None] * len(paths),
-        origin=[str(value) for value in table["path"]],
-        classes=order,
-    )
+    listing = pd.DataFrame({
+        "path": [_resolve(file, base, n, value) for n, value in enumerate(table["path"], start=1)],
+        "label": [NO_LABEL if t is None else index[t] for t in texts],
+        "split": [None] * len(texts),
+        "origin": [str(value) for value in table["path"]],
+    })  # fmt: skip
+    return decoding.decode(listing, order)
 
 
 def _read_table(file: Path) -> pd.DataFrame:

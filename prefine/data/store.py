@@ -1,74 +1,237 @@
-"""The on-disk form of a split (data/unlabeled, data/labeled, data/test).
+"""The on-disk form of a split (data/unlabeled, data/labeled, data/test), read without loading it.
 
-uint8 image shards in safetensors (no pickle) plus a parquet manifest with one row per image
-(id, sha256, label, split, source) and meta.json with the class names: the fast path keeps
-images as uint8 tensors in memory end to end.
+A split folder holds:
+- shard-NNNNN.safetensors: "images" uint8 [n, C, S, S] and "labels" int64 [n]. safetensors (no
+  pickle) stores each tensor as raw bytes at an offset its header gives, so an image is one
+  fixed-size record that a reader fetches with one pread: nothing is mapped or loaded whole, and a
+  trainer's memory does not grow with the split (SplitReader).
+- manifest.parquet: one row per image, in storage order (id, sha256, label, split, source, width,
+  height: the file's size before ingest resized it).
+- meta.json: class names, count, image shape.
+
+Images go to shards by content hash: bits 32-63 of the sha256 (the test split is chosen by bits
+0-31) pick one of a power-of-two number of shards, as many as keep a shard near SHARD_BYTES.
+Adding an image changes its shard only; every other shard keeps its bytes, so DVC stores it once.
+Within a shard images keep the order they came in, so a split of one shard (Fashion-MNIST's
+pool) is stored, and batched, in source order.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from prefine.atomic import atomic_path
 from prefine.errors import PrefineError
 
-SHARD_SIZE = 16384
+SHARD_BYTES = 64 * 2**20  # target shard size; Fashion-MNIST's 60,000-image pool fits one
 NO_LABEL = -1
+
+
+class Pixels(Protocol):
+    """Images [N, C, H, W] uint8 that can be read a few rows at a time (on disk or in memory)."""
+
+    shape: tuple[int, ...]
+
+    def __len__(self) -> int: ...
+
+    def take(self, rows: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass
 class ImageSet:
-    """Images as uint8 [N, C, H, W], labels as int64 [N] (NO_LABEL = -1), class names."""
+    """Images as uint8 [N, C, H, W] (a tensor, or Pixels read on demand when ingest writes a
+    split), labels as int64 [N] (NO_LABEL = -1), class names."""
 
-    images: torch.Tensor
+    images: torch.Tensor | Pixels
     labels: torch.Tensor
     classes: list[str]
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape)
+
+    def take(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) of `rows`: what the training loop batches."""
+        return gather(self.images, rows), self.labels[rows]
+
+
+def gather(images: torch.Tensor | Pixels, rows: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Rows of images held in memory or read from disk, as a uint8 tensor."""
+    if isinstance(images, torch.Tensor):
+        return images[torch.as_tensor(rows)]
+    return torch.from_numpy(images.take(np.asarray(rows)))
+
+
+@dataclass
+class Rows:
+    """Some rows of images (a tensor or Pixels) as Pixels, read only when taken: what ingest hands
+    write_split, so a split is never gathered whole in memory."""
+
+    images: torch.Tensor | Pixels
+    index: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.images.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return gather(self.images, self.index[np.asarray(rows)]).numpy()
+
+
+def content_hashes(images: np.ndarray) -> list[str]:
+    """sha256 hex of each image's shape and pixel bytes ([N, C, H, W] in): the identity that
+    splits, dedupes and shards."""
+    pixels = np.ascontiguousarray(images)
+    prefix = "x".join(map(str, pixels.shape[1:])).encode() + b":"
+    return [hashlib.sha256(prefix + image.tobytes()).hexdigest() for image in pixels]
+
+
+def shard_of(shas: pd.Series, count: int) -> np.ndarray:
+    """The shard of each image among `count` (a power of two): bits 32-63 of its sha256."""
+    return (shas.str.slice(8, 16).apply(int, base=16).to_numpy(np.int64) * count) >> 32
+
+
+def shard_count(images: int, record_bytes: int) -> int:
+    """Shards for a split: a power of two, so a split that grows keeps its layout until it doubles."""
+    return 1 << max(0, math.ceil(math.log2(max(1, math.ceil(images * record_bytes / SHARD_BYTES)))))
+
 
 def write_split(folder: Path, data: ImageSet, manifest: pd.DataFrame) -> None:
-    """Write shards, manifest and meta atomically; the manifest rows match the images in order."""
+    """Write shards, manifest and meta atomically; manifest rows (with a sha256 column) match the
+    images in order. The manifest is written in storage order (shard by shard)."""
     if len(manifest) != len(data):
         raise ValueError(f"{folder}: manifest has {len(manifest)} rows for {len(data)} images")
+    record = math.prod(data.shape[1:])
+    count = shard_count(len(data), record + 8)
+    shard = shard_of(manifest["sha256"].reset_index(drop=True), count)
+    order = np.argsort(shard, kind="stable")
     with atomic_path(Path(folder)) as tmp:
         tmp.mkdir(parents=True)
-        for n, start in enumerate(range(0, max(len(data), 1), SHARD_SIZE)):
-            stop = start + SHARD_SIZE
-            save_file(
-                {
-                    "images": data.images[start:stop].contiguous(),
-                    "labels": data.labels[start:stop].contiguous(),
-                },
-                str(tmp / f"shard-{n:05d}.safetensors"),
-            )
-        manifest.reset_index(drop=True).to_parquet(tmp / "manifest.parquet", index=False)
-        meta = {"classes": data.classes, "count": len(data), "shape": list(data.images.shape[1:])}
+        for n in np.unique(shard).tolist():
+            rows = order[shard[order] == n]
+            images, labels = data.take(torch.from_numpy(rows))
+            save_file({"images": images.contiguous(), "labels": labels.contiguous()},
+                      str(tmp / f"shard-{n:05d}.safetensors"))
+        manifest.iloc[order].reset_index(drop=True).to_parquet(tmp / "manifest.parquet", index=False)
+        meta = {"classes": data.classes, "count": len(data), "shape": list(data.shape[1:])}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def read_split(folder: Path) -> ImageSet:
-    """Load a split written by write_split; a missing or half-written folder is a clear error."""
-    folder = Path(folder)
+def tensors_in(file: Path) -> dict[str, tuple[int, list[int]]]:
+    """{name: (byte offset, shape)} of the raw tensors in a safetensors file, from its header; a
+    file shorter or longer than its header says is refused, naming it."""
+    try:
+        with open(file, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+    except (OSError, struct.error, ValueError) as exc:
+        raise PrefineError(f"{file}: not a readable shard ({exc}); run ingest again") from None
+    header.pop("__metadata__", None)
+    end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
+    if file.stat().st_size != 8 + size + end:
+        raise PrefineError(f"{file}: truncated or damaged ({file.stat().st_size} bytes, its header says "
+                           f"{8 + size + end}); run ingest again")
+    return {name: (8 + size + entry["data_offsets"][0], entry["shape"]) for name, entry in header.items()}
+
+
+class Records:
+    """Fixed-size uint8 records ("images") in safetensors files, read by (file, index) with
+    pread: the pages read stay in the page cache, not in this process's resident memory."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.files = list(files)
+        located = [tensors_in(f)["images"] for f in self.files]
+        self.offsets = [offset for offset, _ in located]
+        self.counts = np.array([shape[0] for _, shape in located], np.int64)
+        self.item = tuple(located[0][1][1:]) if located else ()
+        self.record = math.prod(self.item)
+
+    def read(self, file: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """uint8 [len(index), *item]: record index[i] of files[file[i]], each one pread."""
+        out = np.empty((len(index), self.record), np.uint8)
+        for f in np.unique(file).tolist():
+            path = self.files[f]
+            with open(path, "rb") as stream:
+                fd = stream.fileno()
+                for i in np.flatnonzero(file == f).tolist():
+                    if os.preadv(fd, [out[i]], self.offsets[f] + int(index[i]) * self.record) != self.record:
+                        raise PrefineError(f"{path}: truncated (record {index[i]} is past its end); run ingest again")
+        return out.reshape(len(index), *self.item)
+
+
+class SplitReader:
+    """A split on disk as Pixels: images read a batch at a time, labels (8 bytes each) in memory."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.meta = _meta(self.folder)
+        self.classes = list(self.meta["classes"])
+        self.records = Records(sorted(self.folder.glob("shard-*.safetensors")))
+        self.starts = np.concatenate([[0], np.cumsum(self.records.counts)])
+        self.labels = torch.cat([_labels(f) for f in self.records.files] or [torch.zeros(0, dtype=torch.int64)])
+        if self.starts[-1] != self.meta["count"]:
+            raise PrefineError(f"{self.folder}: {self.starts[-1]} images on disk, meta.json says "
+                               f"{self.meta['count']}; run ingest again")
+        self.shape = (int(self.meta["count"]), *self.meta["shape"])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        file = np.searchsorted(self.starts, rows, side="right") - 1
+        return self.records.read(file, rows - self.starts[file])
+
+    def __getitem__(self, key: slice | torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Rows (a slice or indices) as a uint8 tensor: reads like the tensor read_split gives."""
+        rows = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key)
+        return torch.from_numpy(self.take(rows))
+
+
+def _meta(folder: Path) -> dict:
     meta_file = folder / "meta.json"
     if not meta_file.is_file():
         raise PrefineError(f"{folder}: not a prefine data split (no meta.json); run ingest")
-    meta = json.loads(meta_file.read_text())
-    shards = [load_file(str(p)) for p in sorted(folder.glob("shard-*.safetensors"))]
-    images = torch.cat([s["images"] for s in shards])
-    labels = torch.cat([s["labels"] for s in shards])
-    if len(labels) != meta["count"]:
-        raise PrefineError(f"{folder}: {len(labels)} images on disk, meta.json says {meta['count']}; run ingest again")
-    return ImageSet(images, labels, list(meta["classes"]))
+    return json.loads(meta_file.read_text())
+
+
+def _labels(file: Path) -> torch.Tensor:
+    offset, shape = tensors_in(file)["labels"]
+    return torch.from_numpy(np.fromfile(file, dtype="<i8", count=shape[0], offset=offset))
+
+
+def open_split(folder: Path) -> ImageSet:
+    """A split whose images stay on disk (read per batch); for splits of any size."""
+    reader = SplitReader(folder)
+    return ImageSet(reader, reader.labels, reader.classes)
+
+
+def read_split(folder: Path) -> ImageSet:
+    """A split loaded whole into memory (a tensor): for the small ones, or small collections."""
+    reader = SplitReader(folder)
+    images = torch.from_numpy(reader.take(np.arange(len(reader))).reshape(reader.shape))
+    return ImageSet(images, reader.labels, reader.classes)
 
 
 def read_split_manifest(folder: Path) -> pd.DataFrame:
-    """The split's parquet manifest: one row per image (id, sha256, label, split, source)."""
+    """The split's parquet manifest: one row per image in storage order (id, sha256, label, split,
+    source, width, height)."""
     return pd.read_parquet(Path(folder) / "manifest.parquet")

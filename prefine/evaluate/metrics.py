@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import torch
 from sklearn.metrics import confusion_matrix, f1_score
 from torch import nn
@@ -15,10 +17,35 @@ def predict(model: nn.Module, images: torch.Tensor, device: torch.device) -> tor
     return embed(model.to(device), images, device).argmax(dim=1)
 
 
+def confusion(labels: torch.Tensor, predicted: torch.Tensor, classes: int) -> np.ndarray:
+    """Counts [actual, predicted] over every class index, so a class never predicted (or never
+    seen) still has its row and column."""
+    return confusion_matrix(labels.numpy(), predicted.numpy(), labels=list(range(classes)))
+
+
+def confusion_table(labels: torch.Tensor, predicted: torch.Tensor, classes: list[str]) -> pd.DataFrame:
+    """The confusion matrix as a long table, one row per (actual, predicted) pair in class order:
+    names, indices (the plot template sorts by them), count, and share of the actual class's images."""
+    cm = confusion(labels, predicted, len(classes))
+    actual, guess = np.divmod(np.arange(cm.size), len(classes))
+    share = cm / cm.sum(axis=1, keepdims=True).clip(min=1)
+    names = np.array(classes, dtype=object)
+    return pd.DataFrame({"actual": names[actual], "predicted": names[guess], "actual_index": actual,
+                         "predicted_index": guess, "count": cm.ravel(), "share": share.ravel().round(4)})
+
+
+def confusion_from_table(table: pd.DataFrame, classes: int) -> np.ndarray:
+    """confusion_table's counts back as a [actual, predicted] matrix: the visualize stage reads
+    evaluate's counts instead of predicting the whole test set again."""
+    counts = np.zeros((classes, classes), dtype=np.int64)
+    counts[table["actual_index"], table["predicted_index"]] = table["count"]
+    return counts
+
+
 def scores(labels: torch.Tensor, predicted: torch.Tensor, classes: list[str]) -> dict:
     """The metrics `dvc metrics` shows; per-class accuracy is recall of that class."""
     y, p = labels.numpy(), predicted.numpy()
-    cm = confusion_matrix(y, p, labels=list(range(len(classes))))
+    cm = confusion(labels, predicted, len(classes))
     per_class = cm.diagonal() / cm.sum(axis=1).clip(min=1)
     return {
         "accuracy": float((y == p).mean()),

@@ -18,6 +18,7 @@ from matplotlib.ticker import NullLocator
 
 from prefine.atomic import atomic_path
 from prefine.data.store import ImageSet
+from prefine.evaluate.baselines import BASELINES
 from prefine.evaluate.metrics import predict, scores
 from prefine.models.nets import EncoderSpec
 from prefine.params import FinetuneParams, Params, PretrainParams
@@ -72,16 +73,21 @@ def fine_tune_and_score(
     return {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"]}
 
 
+def _kind(method: str) -> int:
+    """Pretraining methods first, then scratch, then the trivial baselines."""
+    return 2 if method in BASELINES else int(method == SCRATCH)
+
+
 def _budget_order(budget: int | str) -> float:
     return float("inf") if budget == ALL else int(budget)
 
 
 def results_table(rows: list[dict]) -> pd.DataFrame:
-    """One row per run (COLUMNS), sorted: methods by name with scratch last, budgets ascending
+    """One row per run (COLUMNS), sorted: methods by name, then scratch, then the baselines; budgets ascending
     with "all" last, then seeds; the same runs give the same CSV whatever order they finished in."""
     table = pd.DataFrame(rows, columns=COLUMNS)
     keys = pd.DataFrame({
-        "scratch": table["method"] == SCRATCH,
+        "kind": table["method"].map(_kind),
         "method": table["method"],
         "budget": table["labels_per_class"].map(_budget_order),
         "seed": table["seed"],
@@ -128,12 +134,14 @@ def report_markdown(summary: pd.DataFrame) -> str:
 
 def plot(summary: pd.DataFrame, path: Path, classes: int) -> None:
     """Test accuracy against labels per class (log x), a line per method with std error bars,
-    scratch dashed; "all" sits at its real mean count per class and is labelled "all"."""
+    scratch dashed, the trivial baselines dotted grey; "all" sits at its real mean count per class and is labelled "all"."""
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     FigureCanvasAgg(figure)  # Agg: no display, and no pyplot state shared between threads
     ax = figure.add_subplot()
     for method, rows in summary.groupby("method", sort=False):
         style = {"color": "black", "linestyle": "--"} if method == SCRATCH else {}
+        if method in BASELINES:
+            style = {"color": "grey", "linestyle": ":", "alpha": 0.8}
         ax.errorbar(
             rows["labeled"] / classes, rows["accuracy_mean"], yerr=rows["accuracy_std"].fillna(0.0),
             marker="o", capsize=3, label=method, **style,

@@ -1,7 +1,9 @@
-"""The networks: encoders (conv, or the seed's MLP), their decoders, and the classifier.
+"""The networks: encoders (conv, the seed's MLP, or a torchvision backbone by name), the
+decoders of the small ones, and the classifier.
 
 An encoder is rebuilt from a small JSON-able spec, so exported weights (safetensors) carry
-everything needed to load them without pickle.
+everything needed to load them without pickle. Every encoder has `dim` (its embedding's size)
+and `blocks` (its stages in order, which partial fine-tuning unfreezes from the end).
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from prefine.errors import PrefineError
+from prefine.models.backbones import BUILDERS, Backbone, build_backbone
 from prefine.params import PretrainParams
 
 EncoderSpec = dict[str, Any]
+SMALL_ENCODERS = ("conv", "mlp")  # the ones with a decoder (autoencoders) and a generator (GAN)
 
 
 def _conv_block(c_in: int, c_out: int, depth: int) -> nn.Sequential:
@@ -63,16 +68,30 @@ def encoder_spec(kind: str, channels: int, image_size: int, width: int, depth: i
 
 
 def spec_for(p: PretrainParams, images: torch.Tensor) -> EncoderSpec:
-    """The encoder a pretrain section asks for, sized for images shaped like these ([N, C, H, W])."""
+    """The encoder a pretrain section asks for, sized for images shaped like these ([N, C, H, W]:
+    a tensor, or a split on disk)."""
     return encoder_spec(p.encoder, images.shape[1], images.shape[2], p.width, p.depth)
 
 
-def build_encoder(spec: EncoderSpec) -> ConvEncoder | MLPEncoder:
+Encoder = ConvEncoder | MLPEncoder | Backbone
+
+
+def build_encoder(spec: EncoderSpec) -> Encoder:
     if spec["kind"] == "conv":  # weights exported before `depth` existed are depth 1
         return ConvEncoder(spec["channels"], spec["width"], spec.get("depth", 1))
     if spec["kind"] == "mlp":
         return MLPEncoder(spec["channels"], spec["image_size"])
+    if spec["kind"] in BUILDERS:
+        return build_backbone(spec["kind"], spec["channels"], spec["image_size"])
     raise ValueError(f"unknown encoder kind {spec['kind']!r}")
+
+
+def require_small_encoder(spec: EncoderSpec, method: str) -> None:
+    """Methods that mirror the encoder (a decoder, a generator) know the small ones only."""
+    if spec["kind"] not in SMALL_ENCODERS:
+        raise PrefineError(f"pretrain.encoder = {spec['kind']}: pretrain.method = {method} needs pretrain.encoder "
+                           f"{' or '.join(SMALL_ENCODERS)} (its decoder mirrors them); use simclr or vicreg with "
+                           f"{spec['kind']}")
 
 
 def mlp_to_image(sizes: tuple[int, int, int], channels: int, image_size: int) -> nn.Sequential:
@@ -100,22 +119,28 @@ def build_decoder(spec: EncoderSpec, dim: int) -> nn.Module:
 class Classifier(nn.Module):
     """An encoder and a linear head over its embedding.
 
-    The first `frozen_blocks` encoder blocks keep their weights and stay in eval mode, so their
-    pretrained BatchNorm statistics survive fine-tuning (all of them: a linear probe).
+    With frozen_blocks > 0, all of the encoder but its blocks after the first `frozen_blocks`
+    keeps its weights and stays in eval mode, so pretrained BatchNorm statistics survive
+    fine-tuning (all of it, with frozen_blocks = len(blocks): a linear probe). A backbone's
+    weights outside its blocks (a ViT's class token) count as frozen with the first block.
     """
 
-    def __init__(self, encoder: ConvEncoder | MLPEncoder, classes: int, frozen_blocks: int = 0) -> None:
+    def __init__(self, encoder: Encoder, classes: int, frozen_blocks: int = 0) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(encoder.dim, classes)
-        self.frozen = list(encoder.blocks)[:frozen_blocks]
-        for block in self.frozen:
-            block.requires_grad_(False)
+        self.trained = list(encoder.blocks)[frozen_blocks:] if frozen_blocks else None
+        if self.trained is not None:
+            encoder.requires_grad_(False)
+            for block in self.trained:
+                block.requires_grad_(True)
 
     def train(self, mode: bool = True) -> "Classifier":
         super().train(mode)
-        for block in self.frozen:
-            block.eval()
+        if self.trained is not None:
+            self.encoder.eval()
+            for block in self.trained:
+                block.train(mode)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

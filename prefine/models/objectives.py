@@ -16,7 +16,7 @@ from torch import nn
 
 from prefine.data.augment import two_views
 from prefine.models.gan import GAN
-from prefine.models.nets import EncoderSpec, build_decoder, build_encoder, to_float
+from prefine.models.nets import EncoderSpec, build_decoder, build_encoder, require_small_encoder, to_float
 from prefine.params import PretrainParams
 
 
@@ -107,6 +107,8 @@ class VICReg(nn.Module):
 
 def build_objective(spec: EncoderSpec, p: PretrainParams) -> nn.Module:
     """The objective named by pretrain.method, with its own knobs from the same section."""
+    if p.method in ("autoencoder", "denoising", "gan"):
+        require_small_encoder(spec, p.method)
     if p.method == "autoencoder":
         return Autoencoder(spec)
     if p.method == "denoising":

@@ -23,14 +23,7 @@ from prefine.data.augment import strong_view, weak_view
 from prefine.data.store import ImageSet
 from prefine.errors import PrefineError
 from prefine.models import weights
-from prefine.models.nets import (
-    Classifier,
-    ConvEncoder,
-    EncoderSpec,
-    MLPEncoder,
-    build_encoder,
-    to_float,
-)
+from prefine.models.nets import Classifier, Encoder, EncoderSpec, build_encoder, to_float
 from prefine.params import FinetuneParams
 from prefine.training.loop import EpochFn, Run, StepOutput, fit
 
@@ -38,7 +31,7 @@ SCRATCH = "scratch"  # the baseline: the same architecture from random init, the
 STRATEGIES = ("linear", "partial", "full", "semisup", SCRATCH)
 
 
-def build(encoder: ConvEncoder | MLPEncoder, classes: int, strategy: str, unfreeze: int = 1) -> Classifier:
+def build(encoder: Encoder, classes: int, strategy: str, unfreeze: int = 1) -> Classifier:
     """The classifier for `strategy`; `partial` trains only the last `unfreeze` encoder blocks."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; one of {STRATEGIES}")
@@ -47,15 +40,19 @@ def build(encoder: ConvEncoder | MLPEncoder, classes: int, strategy: str, unfree
     return Classifier(encoder, classes, frozen_blocks=frozen)
 
 
-def start(strategy: str, encoder: Path | EncoderSpec, classes: int, seed: int, unfreeze: int = 1) -> Classifier:
+def start(strategy: str, encoder: Path | EncoderSpec, classes: int, seed: int, unfreeze: int = 1,
+          init: Path | None = None) -> Classifier:
     """Seed, then build the encoder and the head. `encoder` is a weights file, or a spec; for
-    SCRATCH only its architecture is used (random init). Both builds draw the same random numbers,
-    so a pretrained run and its scratch twin start from the same head."""
+    SCRATCH only its architecture is used (random init), and `init` (finetune.init), when given,
+    replaces its weights for the other strategies. Every build draws the same random numbers, so
+    a pretrained run and its scratch twin start from the same head."""
     torch.manual_seed(seed)
-    if strategy == SCRATCH:
-        net = build_encoder(encoder if isinstance(encoder, dict) else weights.load(encoder)[1]["spec"])
-    else:
+    if strategy != SCRATCH and init is None:
         net = weights.load_encoder(encoder)[0]
+    else:
+        net = build_encoder(encoder if isinstance(encoder, dict) else weights.load(encoder)[1]["spec"])
+        if strategy != SCRATCH:
+            weights.load_into(net, init, "finetune.init")
     return build(net, classes, strategy, unfreeze)
 
 
@@ -99,13 +96,14 @@ def train(
     unlabeled: ImageSet | None = None,
 ) -> list[dict[str, float]]:
     """Fine-tune `model` on the labeled set with light augmentation (shifts, optional flips);
-    when p.strategy is semisup (for its scratch baseline too), also on the unlabeled pool."""
+    when p.strategy is semisup (for its scratch baseline too), also on the unlabeled pool. Either
+    set may be in memory (read_split) or on disk (open_split)."""
     semisup = p.strategy == "semisup" and strategy in ("semisup", SCRATCH)
     if semisup and (unlabeled is None or len(unlabeled) == 0):
         raise PrefineError("finetune.strategy = semisup needs unlabeled images (data/unlabeled is empty)")
     model.to(device)
     optimizer = optimizer_for(model, p, strategy)
-    pool = unlabeled.images if semisup else None
+    pool = unlabeled if semisup else None
 
     def step(batch: Sequence[torch.Tensor], gen: torch.Generator) -> StepOutput:
         x = weak_view(to_float(batch[0]), p.shift, p.flip, gen)
@@ -113,11 +111,11 @@ def train(
         if pool is None:
             return loss
         pick = torch.randint(0, len(pool), (p.mu * len(x),), generator=gen, device=gen.device).cpu()
-        unsup, confident = fixmatch_loss(model, pool[pick].to(device), p, gen)
+        unsup, confident = fixmatch_loss(model, pool.take(pick)[0].to(device), p, gen)
         return loss + p.unlabeled_weight * unsup, {"labeled_loss": loss.detach(), "confident": confident}
 
     run = Run(
-        tensors=[labeled.images, labeled.labels],
+        data=labeled,
         epochs=epochs_for(len(labeled), p),
         batch_size=min(p.batch_size, len(labeled)),
         seed=seed,

@@ -1,5 +1,6 @@
-"""Pretraining: the objective named by `pretrain.method` trained on an unlabeled split, its whole
-state saved every epoch so a rerun resumes. The stage and the label-budget study both call it."""
+"""Pretraining: the objective named by `pretrain.method` trained on an unlabeled split streamed
+from disk (never loaded whole), its whole state saved every epoch (and every `save_every` steps)
+so a rerun resumes at the exact batch. The stage and the label-budget study both call it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 import torch
 
 from prefine import fingerprint
-from prefine.data.store import read_split
+from prefine.data.store import open_split
+from prefine.models import weights
 from prefine.models.gan import GAN, save_samples
 from prefine.models.nets import spec_for
 from prefine.models.objectives import build_objective
@@ -18,27 +20,37 @@ from prefine.training.logbook import EpochLog
 from prefine.training.loop import Run, fit
 
 SAMPLES_NAME = "samples.png"  # gan only: generated images from a fixed z, in the plots folder
+# keys that change how it runs, not what it learns: a saved state resumes across them
+HOW_NOT_WHAT = {"workers", "save_every"}
 
 
 def pretrain(params: Params, unlabeled: Path, state_file: Path, plots: Path) -> list[dict]:
     """Train params.pretrain's objective on the split in `unlabeled`; return the per-epoch history."""
     p = params.pretrain
-    data = read_split(unlabeled)
+    data = open_split(unlabeled)
     spec = spec_for(p, data.images)
     torch.manual_seed(params.seed)
     device = devices.pick()
-    model = build_objective(spec, p).to(device)
+    model = build_objective(spec, p)
+    init = Path(p.init) if p.init is not None else None
+    if init is not None:
+        weights.load_into(model.encoder, init, "pretrain.init")
+    model.to(device)
     betas = getattr(model, "betas", (0.9, 0.999))  # an objective may want its own (the GAN does)
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, betas=betas, weight_decay=p.weight_decay)
     run = Run(
-        tensors=[data.images],
+        data=data,
         epochs=p.epochs,
         batch_size=min(p.batch_size, len(data)),
         seed=params.seed,
-        fingerprint=fingerprint.of(params.seed, p.model_dump(), spec, fingerprint.file_sha256(unlabeled / "manifest.parquet")),
+        fingerprint=fingerprint.of(params.seed, p.model_dump(exclude=HOW_NOT_WHAT), spec,
+                                   fingerprint.file_sha256(unlabeled / "manifest.parquet"),
+                                   init and fingerprint.file_sha256(init)),
         state_file=state_file,
         desc="pretrain",
         meta={"spec": spec, "method": p.method, "seed": params.seed, "pretrain": p.model_dump()},
+        workers=p.workers,
+        save_every=p.save_every,
     )
     print(f"pretrain: {p.method} with a {p.encoder} encoder on {len(data)} images, device {device}", flush=True)
     log = EpochLog(plots)

@@ -1,0 +1,182 @@
+"""Beyond one machine, on loopback with real parts (tests/fleet_parts.py): a Prefect server, a
+`process` work pool with two workers, a bare git repo as the origin, and SeaweedFS (a real
+S3-compatible server) as the shared DVC remote."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import suppress
+from itertools import combinations
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+import yaml
+from fleet_parts import (
+    KEYS, PREFINE, Origin, Storage, client, deploy, make_origin, prefect_server, run_all, seaweedfs, workers,
+)
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect_fixtures import TEST_PARAMS, dvc, git
+from projects import ROOT
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.gpu import LEASE_S, ensure_limit, host_limit
+
+pytestmark = pytest.mark.e2e
+
+POOL = "fleet"
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    with prefect_server(tmp_path_factory.mktemp("fleet-prefect")) as env:
+        yield env
+
+
+def _slots(api: dict[str, str]) -> tuple[int, int]:
+    with client(api) as prefect:
+        limit = prefect.read_global_concurrency_limit_by_name(host_limit())
+    return limit.limit, limit.active_slots
+
+
+HOLDER = "import sys\nfrom flows.gpu import gpu_slot\nwith gpu_slot() as held:\n    print(held, flush=True)\n    sys.stdin.readline()\n"
+
+
+def _holder(env: dict[str, str]) -> subprocess.Popen:
+    """A process that takes one GPU slot of this host, prints its device, and holds both until
+    its stdin closes."""
+    return subprocess.Popen([sys.executable, "-c", HOLDER], env=env, cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def _line(process: subprocess.Popen, timeout: float) -> str | None:
+    """The next line `process` prints within `timeout` seconds, else None."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        return process.stdout.readline().strip() if selector.select(timeout) else None
+
+
+def _forget_host_limit(api: dict[str, str]) -> None:
+    with client(api) as prefect, suppress(ObjectNotFound):
+        prefect.delete_global_concurrency_limit_by_name(host_limit())
+
+
+def test_a_held_slot_outlives_its_lease_and_a_killed_holder_gives_its_slot_back(api: dict[str, str]) -> None:
+    """Two fake GPUs: two holders get a device each and a third waits. Killing one (-9) frees its
+    slot once its lease runs out, and the waiter gets that device; the other holder, past its
+    first lease by then, still holds its slot (renewed). Then every slot comes back."""
+    _forget_host_limit(api)  # sized below to the fake GPUs, then dropped for the tests after this one
+    env = {**api, "CUDA_VISIBLE_DEVICES": "0,1"}
+    try:
+        holders = [_holder(env) for _ in range(2)]
+        started = time.monotonic()
+        devices = [_line(h, 60) for h in holders]
+        assert sorted(devices) == ["0", "1"]  # a device each
+        assert _slots(api) == (2, 2)
+        waiter = _holder(env)
+        assert _line(waiter, 3) is None  # no slot free
+        kept, killed = holders
+        killed.kill()
+        killed.wait()
+        assert _line(waiter, LEASE_S + 60) == devices[1]  # the killed holder's device and slot,
+        assert time.monotonic() - started > LEASE_S  # back once its lease ran out
+        assert _slots(api) == (2, 2) and kept.poll() is None  # the survivor's lease was renewed
+        for holder in (kept, waiter):
+            holder.stdin.close()
+            assert holder.wait(timeout=30) == 0
+        assert _slots(api) == (2, 0)
+        with temporary_settings({PREFECT_API_URL: api["PREFECT_API_URL"]}):
+            assert ensure_limit(host_limit(), 5) == 2  # an existing limit is never resized
+    finally:
+        _forget_host_limit(api)
+
+
+def test_deploy_names_what_is_missing(tmp_path: Path) -> None:
+    """`prefine deploy` fails in one line naming the checkout without an origin, or the server."""
+    git(tmp_path, "init", "-q")
+    runner = CliRunner()
+    no_origin = runner.invoke(app, ["deploy", "--repo", str(tmp_path)])
+    assert no_origin.exit_code == 2 and "no git remote 'origin'" in no_origin.output
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):  # nothing listens there
+        no_server = runner.invoke(app, ["deploy", "--origin", f"file://{tmp_path}"])
+    assert no_server.exit_code == 2 and "Prefect server at http://127.0.0.1:9/api unreachable" in no_server.output
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Storage]:
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as storage:
+        yield storage
+
+
+@pytest.fixture(scope="module")
+def origin(s3: Storage, fmnist_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Origin:
+    """The project in a bare repo, with a bucket as its remote; the quick profile, tinier."""
+    remote = f"{s3.bucket('prefine-fleet')}/prefine"
+    return make_origin(tmp_path_factory.mktemp("fleet"), fmnist_slice, s3, remote, [*TEST_PARAMS, "pretrain.epochs=1"])
+
+
+@pytest.fixture(scope="module")
+def fleet(api: dict[str, str], s3: Storage, origin: Origin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Path]]:
+    """`prefine deploy` onto a new process pool, then two workers on it; yields their logs."""
+    env = {**api, **KEYS}
+    assert deploy(env, POOL, origin).count(f"on pool {POOL}") == 3
+    with workers(env, POOL, tmp_path_factory.mktemp("workers"), 2) as logs:
+        yield logs
+
+
+def _training_tasks(api: dict[str, str], flow_runs: list) -> list:
+    with client(api) as prefect:
+        return prefect.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in flow_runs])),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["pretrain", "finetune"])))
+
+
+def _ran_on(logs: list[Path], run_id: UUID) -> list[str]:
+    """The workers whose output holds the flow run's own log (a worker may try to take a run
+    another one took first: the server aborts that submission)."""
+    return [log.stem for log in logs if f"/flow-run/{run_id}" in log.read_text()]
+
+
+def test_runs_fan_out_and_a_fresh_clone_gets_their_models_and_the_prod_version(
+    api: dict[str, str], origin: Origin, fleet: list[Path], tmp_path: Path
+) -> None:
+    """Two registered runs at once, one per worker, each in its own clone: their training tasks
+    take turns on this host's one GPU slot. The last one registered is on the origin's branch:
+    rerun, it trains nothing, and the scheduled retrain finds the data unchanged. Another folder
+    clones the origin: `dvc pull` brings that run's files and `prefine registry show` the prod
+    version."""
+    first = run_all(api, [{"overrides": [f"finetune.lr={lr}"], "register_model": True} for lr in (0.003, 0.001)])
+    assert sorted(_ran_on(fleet, r.id) for r in first) == [["worker-1"], ["worker-2"]]
+    tasks = _training_tasks(api, first)
+    assert len(tasks) == 4 and all(t.state.name == "Completed" and "device:cpu" in t.tags for t in tasks)
+    for a, b in combinations(tasks, 2):
+        if a.flow_run_id != b.flow_run_id:
+            assert a.end_time <= b.start_time or b.end_time <= a.start_time, (a.name, b.name)
+    assert _slots(api) == (1, 0)
+    tags = git(origin.checkout, "ls-remote", "--tags", "origin")
+    assert "classifier@v0.0.1" in tags and "classifier@v0.0.2" in tags and "classifier#prod#1" in tags
+
+    clone = tmp_path / "another-host"
+    git(tmp_path, "clone", "-q", origin.url, str(clone))
+    last = yaml.safe_load((clone / "params.yaml").read_text())["finetune"]["lr"]
+    again = run_all(api, [{"overrides": [f"finetune.lr={last}"]}])
+    assert {t.state.name for t in _training_tasks(api, again)} == {"Skipped"}
+    retrained = run_all(api, [{}], deployment="retrain/prefine-retrain")
+    assert retrained[0].state.message.startswith("data unchanged"), retrained[0].state.message
+
+    pulled = subprocess.run([sys.executable, "-m", "dvc", "pull"], cwd=clone, env={**os.environ, **KEYS},
+                            capture_output=True, text=True)
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert (clone / "models/classifier.safetensors").is_file()
+    assert "up to date" in dvc(clone, "status").stdout
+    shown = subprocess.run([*PREFINE, "registry", "show", "--repo", str(clone)], capture_output=True, text=True)
+    assert shown.returncode == 0 and re.search(r"prod: classifier v0\.0\.[12] ", shown.stdout), shown.stdout
