@@ -256,12 +256,12 @@ def label_budget_study(
     failed = []
     for done, future in enumerate(as_completed(list(runs)), 1):
         method, budget, seed = runs[future]
-        if not future.state.is_completed():
+        try:  # the result, not a state read right after completion (the server may lag behind it)
+            row = future.result()
+        except Exception as exc:  # noqa: BLE001 - any failed run is reported and kept out of the table
             failed.append(f"{method} {budget}/class seed {seed}")
-            logger.error("%d/%d %s, %s labels/class, seed %d: %s", done, len(runs), method, budget, seed,
-                         future.state.name)
+            logger.error("%d/%d %s, %s labels/class, seed %d: %s", done, len(runs), method, budget, seed, exc)
             continue
-        row = future.result()
         rows.append(row)
         logger.info("%d/%d %s, %s labels/class, seed %d: accuracy %.4f, macro-F1 %.4f (%.1f s)", done, len(runs),
                     method, budget, seed, row["accuracy"], row["macro_f1"], row["wall_s"])

@@ -182,7 +182,7 @@ def test_outcome_tags_and_message_say_what_became_of_the_model() -> None:
 
 @flow
 def _register_step(repo: str) -> State:
-    return conclude(Path(repo), {"stages": {}}, None, SETTINGS)
+    return conclude(Path(repo), {"stages": {}}, None, SETTINGS, sync=False)
 
 
 @pytest.mark.e2e
