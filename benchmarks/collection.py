@@ -10,7 +10,8 @@ Per size, each measured in a fresh process: ingest at 96 px RGB with one process
 core (wall time, img/s, peak RSS of the ingest process and of a decode worker), bytes on disk
 per image (source JPEGs, split shards, decode cache), the first --steps SimCLR steps of resnet18
 (peak RSS with its loader workers, the model's img/s) and the loader's img/s alone; then 1,000
-images are added to the largest size and ingested again (time, images decoded, shards changed).
+images are added to the largest size and ingested again (time, images decoded, and per split the
+shards kept as they were and the shards added).
 --storage compares raw uint8 shards with encoded ones (JPEG, PNG): bytes, decode img/s, RSS.
 
     OMP_NUM_THREADS=1 nice python benchmarks/collection.py --sizes 10000 50000 [--work DIR] [--steps 8]
@@ -182,10 +183,12 @@ def disk_bytes(path: Path, pattern: str) -> int:
     return sum(f.stat().st_size for f in path.rglob(pattern) if f.is_file())
 
 
-def shard_hashes(data: Path) -> dict[str, int]:
+def shard_files(data: Path) -> dict[str, tuple[str, int]]:
+    """Each split shard's sha256 and mtime: a shard kept is one whose both are as they were."""
     from prefine import fingerprint
 
-    return {str(f.relative_to(data)): fingerprint.file_sha256(f) for f in sorted(data.glob("*/shard-*"))}
+    return {str(f.relative_to(data)): (fingerprint.file_sha256(f), f.stat().st_mtime_ns)
+            for f in sorted(data.glob("*/shard-*"))}
 
 
 def run_storage(data: str, count: str) -> dict:
@@ -271,11 +274,15 @@ def incremental(size: int, pool: Path, work: Path, cores: int) -> dict:
     generate(pool, size + ADDED)
     folder = prefix(pool, size + ADDED, work / f"images-{size}")
     data = work / f"data-{size}-{cores}"
-    before = shard_hashes(data)
+    before = shard_files(data)
     result = child("_ingest", str(folder), str(data), str(cores))
-    after = shard_hashes(data)
-    changed = sum(before.get(name) != sha for name, sha in after.items())
-    return {**result, "shards": len(after), "shards_changed": changed}
+    after = shard_files(data)
+    shards = {}
+    for split in sorted({name.split("/")[0] for name in after}):
+        old = [name for name in before if name.startswith(f"{split}/")]
+        shards[split] = {"before": len(old), "kept": sum(after.get(name) == before[name] for name in old),
+                         "new": sum(name.startswith(f"{split}/") and name not in before for name in after)}
+    return {**result, "shards": shards}
 
 
 def table(rows: list[dict], cores: int) -> str:
@@ -313,8 +320,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = [measure(size, pool, args.work, args, cores) for size in sorted(args.sizes)]
     print(table(rows, cores))
     added = incremental(max(args.sizes), pool, args.work, cores)
-    print(f"\nadded {ADDED} to {max(args.sizes)}: {added['seconds']:.1f} s, shards changed "
-          f"{added['shards_changed']} of {added['shards']}; {' '.join(added['log'])}")
+    shards = "; ".join(f"{split} {n['kept']} of {n['before']} kept, {n['new']} new" for split, n in added["shards"].items())
+    print(f"\nadded {ADDED} to {max(args.sizes)}: {added['seconds']:.1f} s; shards (kept: same bytes and mtime): "
+          f"{shards}; {' '.join(added['log'])}")
     if args.storage:
         data = str(args.work / f"data-{max(args.sizes)}-{cores}")
         print(json.dumps({"storage": child("_storage", data, "2000"),

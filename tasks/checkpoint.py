@@ -7,7 +7,7 @@ import subprocess
 
 from prefine import fingerprint, paths
 from prefine.atomic import atomic_path
-from prefine.data.store import read_split
+from prefine.data.store import open_split
 from prefine.evaluate.probe import embed, knn_accuracy
 from prefine.models import weights
 from prefine.models.objectives import load_pretrained
@@ -30,7 +30,7 @@ def checkpoint(params: Params) -> dict:
     objective, state = load_pretrained(paths.PRETRAIN_STATE_FILE)
     meta = state["meta"]
     encoder = objective.encoder
-    labeled = read_split(paths.LABELED_DIR)
+    labeled = open_split(paths.LABELED_DIR)  # embedded a batch at a time, from disk
     device = devices.pick()
     z = embed(encoder.to(device), labeled.images, device)
     history = state["history"]

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pandas as pd
 
 from prefine import paths
-from prefine.data.store import read_split
+from prefine.data.store import open_split
 from prefine.evaluate import visuals
 from prefine.evaluate.gallery import class_gains
 from prefine.evaluate.metrics import confusion_from_table
@@ -30,18 +30,19 @@ def timed(name: str, draw: Callable[[], None]) -> None:
 
 def visualize(params: Params) -> None:
     """Draw every picture of plots/visual, each timed; the t-SNE map shows the label-free encoder
-    beside both classifiers' encoders, so what pretraining alone learned is in view too."""
+    beside both classifiers' encoders, so what pretraining alone learned is in view too. The
+    splits stay on disk: a picture reads the rows it needs, so a pool of millions fits."""
     device = devices.pick()
-    test = read_split(paths.TEST_DIR)
+    test = open_split(paths.TEST_DIR)
     encoder, _ = weights.load_encoder(paths.ENCODER_FILE)
     pretrained, _ = weights.load_classifier(paths.CLASSIFIER_FILE)
     scratch, _ = weights.load_classifier(paths.SCRATCH_FILE)
     encoders = {"pretrained encoder (no labels)": encoder, "fine-tuned from it": pretrained.encoder,
                 "scratch (same labels)": scratch.encoder}
     timed("embedding map", lambda: visuals.embedding_map(encoders, test, paths.EMBEDDING_MAP_FILE, device))
-    pool = read_split(paths.UNLABELED_DIR).images
+    pool = open_split(paths.UNLABELED_DIR).images
     timed("neighbours", lambda: visuals.neighbours(encoder, test, pool, paths.NEIGHBOURS_FILE, device))
-    labeled = read_split(paths.LABELED_DIR)
+    labeled = open_split(paths.LABELED_DIR)
     timed("augmentations", lambda: visuals.augmentation_preview(labeled, params, paths.AUGMENTATIONS_FILE))
     gains = class_gains(json.loads(paths.EVALUATE_DETAIL_FILE.read_text()))
     timed("class gains", lambda: visuals.class_gain_chart(gains, paths.CLASS_GAIN_FILE))

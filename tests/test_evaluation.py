@@ -1,10 +1,17 @@
 import math
 
+import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from prefine.data import store
+from prefine.evaluate import probe
 from prefine.evaluate.metrics import scores
 from prefine.evaluate.probe import knn_accuracy
+
+CPU = torch.device("cpu")
 
 
 def test_scores_on_a_hand_checked_example():
@@ -29,3 +36,24 @@ def test_knn_accuracy_is_one_on_separated_clusters_and_chance_on_noise():
 
 def test_knn_accuracy_needs_two_points():
     assert math.isnan(knn_accuracy(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), k=5))
+
+
+def test_embed_batches_by_pixels_and_reads_a_split_on_disk(tmp_path):
+    assert [probe.batch_size_for(s) for s in ((5, 1, 28, 28), (3, 224, 224), (3, 96, 96), (1, 4096, 4096))] == [
+        1024, 16, 87, 1]
+    images = torch.randint(0, 256, (50, 1, 6, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    manifest = pd.DataFrame({"sha256": store.content_hashes(images.numpy())})
+    store.write_split(tmp_path / "split", store.ImageSet(images, torch.zeros(50, dtype=torch.long), ["a"]), manifest)
+    on_disk = store.open_split(tmp_path / "split").images
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(36, 4))
+    whole = probe.embed(encoder, images, CPU)
+    assert torch.allclose(probe.embed(encoder, on_disk, CPU, batch_size=7), whole, atol=1e-6)
+
+
+def test_knn_accuracy_is_the_same_a_few_rows_at_a_time(monkeypatch):
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.arange(5).repeat(40)
+    embeddings = F.one_hot(labels, 5).float() * 2 + torch.randn(200, 5, generator=gen)
+    whole = knn_accuracy(embeddings, labels, k=5)
+    monkeypatch.setattr(probe, "KNN_ROWS", 7)
+    assert knn_accuracy(embeddings, labels, k=5) == whole and 0.3 < whole < 1.0

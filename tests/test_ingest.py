@@ -105,20 +105,30 @@ def test_split_and_selection_stable_when_images_added(tmp_path, write_png):
     assert bags[0]["id"].tolist() == bags[1]["id"].tolist() and len(bags[0]) == 3
 
 
-def test_a_second_ingest_decodes_only_the_added_image_and_rewrites_one_shard(tmp_path, write_png, capsys, monkeypatch):
-    monkeypatch.setattr(store, "SHARD_BYTES", 1000)  # 40 pool images of 8x8 gray (80 bytes): 4 shards
-    root = tmp_path / "images"
+def _shard_files(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.glob("shard-*"))}
+
+
+def test_a_second_ingest_decodes_only_the_added_images_and_appends_shards(tmp_path, write_png, capsys, monkeypatch):
+    monkeypatch.setattr(store, "SHARD_BYTES", 1000)  # about 48 pool images of 72 bytes (8x8 gray, label): 4 shards
+    root, pool = tmp_path / "images", tmp_path / "data" / "unlabeled"
     _tree(root, write_png, {"Bag": range(20), "Coat": range(20), "unlabeled": range(20)})
     params = _params(2, source="folder", path=str(root), image_size=8, workers=1)
-    _run(params, tmp_path)
-    before = {k: v for k, v in _files(tmp_path / "data").items() if "/shard-" in k}
-    _tree(root, write_png, {"unlabeled": range(20, 21)})
+    first = _run(params, tmp_path)
+    before = _shard_files(pool)
+    _tree(root, write_png, {"Coat": range(20, 23), "unlabeled": range(20, 25)})
     capsys.readouterr()
-    _run(params, tmp_path)
-    assert "decoding 1 of 61 images (60 unchanged, from the cache)" in capsys.readouterr().out
-    after = {k: v for k, v in _files(tmp_path / "data").items() if "/shard-" in k}
-    assert len(before) > 3 and set(before) <= set(after)
-    assert sum(before.get(name) != data for name, data in after.items()) == 1
+    second = _run(params, tmp_path)
+    assert "decoding 8 of 68 images (60 unchanged, from the cache)" in capsys.readouterr().out
+    after = _shard_files(pool)
+    assert len(before) == 4 and {name: after[name] for name in before} == before  # bytes and mtimes
+    assert sorted(set(after) - set(before)) == ["shard-00004.safetensors"]
+    assert second["unlabeled"] > first["unlabeled"]
+    _run(params, tmp_path / "fresh")  # the same images, ingested at once
+    assert _shas(tmp_path, "unlabeled") == _shas(tmp_path / "fresh", "unlabeled")
+    back = [read_split(where / "data" / "unlabeled") for where in (tmp_path, tmp_path / "fresh")]
+    assert len(back[0]) == second["unlabeled"] and set(back[0].labels.tolist()) == {-1}
+    assert sorted(map(bytes, back[0].images.numpy())) == sorted(map(bytes, back[1].images.numpy()))
 
 
 def test_dedupe_counts(tmp_path, write_idx):

@@ -26,11 +26,18 @@ from flows.summary import RUN_DECISION, StageClock, metrics_table, show
 from prefine import paths
 from prefine.evaluate import visuals
 from prefine.evaluate.gallery import CAPTIONS, class_gains
+from prefine.data import store
 from prefine.data.store import ImageSet
 from prefine.evaluate.metrics import confusion_from_table, confusion_table
 from prefine.params import Params
 
 CPU = torch.device("cpu")
+
+
+def _brute_force(encoder: nn.Module, queries: torch.Tensor, pool: torch.Tensor, k: int):
+    with torch.no_grad():
+        z = lambda x: F.normalize(encoder(x.float() / 255), dim=1)  # noqa: E731
+        return (z(queries) @ z(pool).T).topk(k, dim=1)
 
 
 def test_nearest_keeps_the_exact_top_k_across_pool_chunks(monkeypatch):
@@ -39,12 +46,58 @@ def test_nearest_keeps_the_exact_top_k_across_pool_chunks(monkeypatch):
     generator = torch.Generator().manual_seed(0)
     queries = torch.randint(0, 256, (4, 1, 4, 4), dtype=torch.uint8, generator=generator)
     pool = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8, generator=generator)
-    similarity, found = visuals.nearest(encoder, queries, pool, 5, CPU)
-    with torch.no_grad():
-        z = lambda x: F.normalize(encoder(x.float() / 255), dim=1)  # noqa: E731
-        expected = (z(queries) @ z(pool).T).topk(5, dim=1)
+    similarity, found = visuals.nearest(encoder, queries, pool, torch.arange(50), 5, CPU)
+    expected = _brute_force(encoder, queries, pool, 5)
     assert torch.equal(found, expected.indices)
     assert torch.allclose(similarity, expected.values, atol=1e-6)
+
+
+class Reads:
+    """A split on disk as Pixels that remembers the most rows one read asked for."""
+
+    def __init__(self, pixels) -> None:
+        self.pixels, self.shape, self.most = pixels, pixels.shape, 0
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        self.most = max(self.most, len(rows))
+        return self.pixels.take(rows)
+
+
+def test_nearest_streams_a_pool_on_disk_and_finds_what_brute_force_does(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "SHARD_BYTES", 2000)  # 120 records of 24 bytes: 2 shards
+    monkeypatch.setattr(visuals, "POOL_CHUNK", 16)
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (120, 1, 4, 6), dtype=torch.uint8, generator=generator)
+    shas = store.content_hashes(images.numpy())
+    store.write_split(tmp_path / "pool", ImageSet(images, torch.full((120,), -1), []), pd.DataFrame({"sha256": shas}))
+    pool = Reads(store.open_split(tmp_path / "pool").images)
+    whole = store.read_split(tmp_path / "pool").images  # in storage order, as `pool` reads it
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(24, 8))
+    queries = torch.randint(0, 256, (3, 1, 4, 6), dtype=torch.uint8, generator=generator)
+    rows = visuals.sample(120, 50)
+    similarity, found = visuals.nearest(encoder, queries, pool, rows, 5, CPU)
+    expected = _brute_force(encoder, queries, whole[rows], 5)
+    assert torch.equal(found, rows[expected.indices])
+    assert torch.allclose(similarity, expected.values, atol=1e-6)
+    assert pool.most == 16  # a chunk at a time, never the pool
+
+
+def test_neighbours_are_drawn_from_splits_left_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setattr(visuals, "POOL_SAMPLE", 30)
+    generator = torch.Generator().manual_seed(2)
+    folders = {}
+    for name, labels in (("test", torch.arange(12) % 3), ("pool", torch.full((40,), -1))):
+        images = torch.randint(0, 256, (len(labels), 1, 8, 8), dtype=torch.uint8, generator=generator)
+        manifest = pd.DataFrame({"sha256": store.content_hashes(images.numpy())})
+        store.write_split(tmp_path / name, ImageSet(images, labels, ["a", "b", "c"]), manifest)
+        folders[name] = store.open_split(tmp_path / name)
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(64, 8))
+    visuals.neighbours(encoder, folders["test"], folders["pool"].images, tmp_path / "n.png", CPU)
+    with Image.open(tmp_path / "n.png") as image:
+        assert image.format == "PNG" and min(image.size) > 100
 
 
 def test_confusion_table_has_every_class_pair_in_class_order():

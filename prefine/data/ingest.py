@@ -6,7 +6,9 @@ The pool is every training image without its label and ignores finetune.labels_p
 changing the budget leaves its bytes (and DVC's pretrain) alone. Everything is checked before
 anything is written. Image files are decoded once, in parallel, into a cache beside the splits
 (data/.ingest-cache, data/cache.py): a second ingest decodes only the files added or changed,
-and each split is written a shard at a time from there, so memory stays flat at any size.
+and each split is written a shard at a time from there, so memory stays flat at any size. A
+split that only gained images keeps its shard files and gets the new images in shards appended
+after them (store.write_split), so only their bytes are written.
 """
 
 from __future__ import annotations

@@ -9,19 +9,30 @@ A split folder holds:
   height: the file's size before ingest resized it).
 - meta.json: class names, count, image shape.
 
-Images go to shards by content hash: bits 32-63 of the sha256 (the test split is chosen by bits
-0-31) pick one of a power-of-two number of shards, as many as keep a shard near SHARD_BYTES.
-Adding an image changes its shard only; every other shard keeps its bytes, so DVC stores it once.
-Within a shard images keep the order they came in, so a split of one shard (Fashion-MNIST's
-pool) is stored, and batched, in source order.
+A split written afresh goes to shards by content hash: bits 32-63 of the sha256 (the test split
+is chosen by bits 0-31) pick one of a power-of-two number of shards, as many as keep a shard near
+SHARD_BYTES, so the same images give the same bytes whatever came before. Within a shard images
+keep the order they came in, so a split of one shard (Fashion-MNIST's pool) is stored, and
+batched, in source order.
+
+Rewriting a split that only gains images appends: its shards stay as they are (hard links: the
+same files, bytes and mtimes, so DVC hashes and pushes none of them again) and the new images go
+to new shards after them, in the order they came; by hash, 1,000 images added to 100,000 would
+touch every shard. The split's bytes then depend on its history (a fresh write of the same images
+lays them out by hash), and a split that loses or changes a row, or whose appended shards would
+make it twice the files of a fresh layout, is laid out afresh (compacted). DVC deletes a stage's
+outputs before running it unless they are `persist: true`, so under `dvc repro` ingest appends
+only to persistent outputs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,23 +127,95 @@ def shard_count(images: int, record_bytes: int) -> int:
 
 def write_split(folder: Path, data: ImageSet, manifest: pd.DataFrame) -> None:
     """Write shards, manifest and meta atomically; manifest rows (with a sha256 column) match the
-    images in order. The manifest is written in storage order (shard by shard)."""
+    images in order. A split that only gains images keeps its shards as they are and gets the new
+    ones in shards after them (stored_rows says when); any other is laid out anew by content hash.
+    The manifest is written in storage order (shard by shard)."""
     if len(manifest) != len(data):
         raise ValueError(f"{folder}: manifest has {len(manifest)} rows for {len(data)} images")
-    record = math.prod(data.shape[1:])
-    count = shard_count(len(data), record + 8)
-    shard = shard_of(manifest["sha256"].reset_index(drop=True), count)
-    order = np.argsort(shard, kind="stable")
+    manifest = manifest.reset_index(drop=True)
+    record = math.prod(data.shape[1:]) + 8  # an image and its label
+    stored = stored_rows(Path(folder), data, manifest, record)
     with atomic_path(Path(folder)) as tmp:
         tmp.mkdir(parents=True)
-        for n in np.unique(shard).tolist():
-            rows = order[shard[order] == n]
-            images, labels = data.take(torch.from_numpy(rows))
-            save_file({"images": images.contiguous(), "labels": labels.contiguous()},
-                      str(tmp / f"shard-{n:05d}.safetensors"))
+        if stored is None:
+            order = _lay_out(tmp, data, manifest["sha256"], record)
+        else:
+            order = _append(Path(folder), tmp, data, stored, record)
         manifest.iloc[order].reset_index(drop=True).to_parquet(tmp / "manifest.parquet", index=False)
         meta = {"classes": data.classes, "count": len(data), "shape": list(data.shape[1:])}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def stored_rows(folder: Path, data: ImageSet, manifest: pd.DataFrame, record: int) -> np.ndarray | None:
+    """The row of `manifest` of each image stored in `folder`, in storage order, when the split
+    there only lacks images to be this one: every stored row still in it, unchanged (manifest
+    columns, label, image shape) and in the order it came in within its shard, and the appended
+    shards would leave at most twice the files a fresh layout has. None: lay the split out anew
+    (no split there yet, a row removed, changed or moved, many small additions to compact, or a
+    split that can't be read)."""
+    if not (folder / "meta.json").is_file():
+        return None
+    try:
+        reader, old = SplitReader(folder), read_split_manifest(folder)
+    except (PrefineError, OSError, ValueError):
+        return None
+    shas = manifest["sha256"]
+    if list(reader.meta["shape"]) != list(data.shape[1:]) or len(old) != len(reader) or not shas.is_unique:
+        return None
+    rows = pd.Index(shas).get_indexer(old["sha256"])
+    shard = np.searchsorted(reader.starts, np.arange(len(rows)), side="right")
+    if (rows < 0).any() or ((np.diff(rows) < 0) & (np.diff(shard) == 0)).any():
+        return None
+    if not old.equals(_as_stored(manifest.iloc[rows])):
+        return None
+    if not torch.equal(data.labels[torch.from_numpy(rows)], reader.labels):
+        return None
+    files = len(reader.records.files) + math.ceil((len(data) - len(rows)) * record / SHARD_BYTES)
+    return rows if files <= 2 * shard_count(len(data), record) else None
+
+
+def _as_stored(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Manifest rows as they read back from parquet: comparable with a stored manifest."""
+    buffer = io.BytesIO()
+    manifest.reset_index(drop=True).to_parquet(buffer, index=False)
+    return pd.read_parquet(buffer)
+
+
+def _lay_out(tmp: Path, data: ImageSet, shas: pd.Series, record: int) -> np.ndarray:
+    """Every image into its shard by content hash (shard_of); the rows in storage order."""
+    shard = shard_of(shas, shard_count(len(data), record))
+    order = np.argsort(shard, kind="stable")
+    for n in np.unique(shard).tolist():
+        _write_shard(tmp / f"shard-{n:05d}.safetensors", data, order[shard[order] == n])
+    return order
+
+
+def _append(folder: Path, tmp: Path, data: ImageSet, stored: np.ndarray, record: int) -> np.ndarray:
+    """The shards of `folder` kept in `tmp` (their bytes and mtimes as they were), then the rows
+    not `stored` there in manifest order, in new shards of up to SHARD_BYTES numbered after them;
+    the rows in storage order."""
+    kept = sorted(folder.glob("shard-*.safetensors"))
+    for file in kept:
+        _keep(file, tmp / file.name)
+    added = np.setdiff1d(np.arange(len(data)), stored)
+    per_shard = max(1, SHARD_BYTES // record)
+    first = int(kept[-1].stem.removeprefix("shard-")) + 1 if kept else 0
+    for n, start in enumerate(range(0, len(added), per_shard), first):
+        _write_shard(tmp / f"shard-{n:05d}.safetensors", data, added[start : start + per_shard])
+    return np.concatenate([stored, added])
+
+
+def _keep(file: Path, to: Path) -> None:
+    """`file` at `to` with its bytes and mtime: a hard link (no copy), a copy where links fail."""
+    try:
+        os.link(file, to)
+    except OSError:
+        shutil.copy2(file, to)
+
+
+def _write_shard(file: Path, data: ImageSet, rows: np.ndarray) -> None:
+    images, labels = data.take(torch.from_numpy(rows))
+    save_file({"images": images.contiguous(), "labels": labels.contiguous()}, str(file))
 
 
 def tensors_in(file: Path) -> dict[str, tuple[int, list[int]]]:

@@ -3,9 +3,10 @@ embeddings, the unlabeled images closest to test images), what training sees (au
 and where pretraining paid (per-class gains, the most confused pairs).
 
 Sized for the default run on a 2-core CPU: t-SNE on a seeded sample of the test set, neighbours by
-a chunked top-k over the pool, so memory does not grow with it. Every sample is drawn with a fixed
-seed, so two runs show the same images and points. Matplotlib's Agg canvas only: no display, no
-pyplot state.
+a chunked top-k over a sample of the pool. The splits may stay on disk (open_split): each picture
+reads only the rows it embeds or shows, a chunk at a time, so memory does not grow with them.
+Every sample is drawn with a fixed seed, so two runs show the same images and points.
+Matplotlib's Agg canvas only: no display, no pyplot state.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch import nn
 
 from prefine.atomic import atomic_path
 from prefine.data.augment import strong_view, two_views, weak_view
-from prefine.data.store import ImageSet
+from prefine.data.store import ImageSet, Pixels, gather
 from prefine.evaluate.metrics import predict
 from prefine.evaluate.probe import embed
 from prefine.models.nets import to_float
@@ -38,8 +39,8 @@ MAP_PCA = 50  # dimensions t-SNE starts from (PCA first: the usual speed-up)
 TSNE_ITERATIONS = 500
 NEIGHBOUR_QUERIES = 2  # test images per class
 NEIGHBOURS = 5  # closest unlabeled images shown per test image
-POOL_SAMPLE = 10_000  # unlabeled images searched for neighbours (seeded sample)
-POOL_CHUNK = 4096  # of them embedded at a time: bounds the memory of the search
+POOL_SAMPLE = 10_000  # unlabeled images searched for neighbours (seeded sample): bounds the time
+POOL_CHUNK = 4096  # of them read and embedded at a time: bounds the memory of the search
 PAIRS = 5  # most confused class pairs shown
 PAIR_EXAMPLES = 6  # test images per pair
 EXAMPLE_BATCH = 256  # test images predicted at a time while looking for them
@@ -144,7 +145,7 @@ def embedding_map(encoders: dict[str, nn.Module], test: ImageSet, path: Path, de
     colours = class_colours(len(test.classes))
     figure = _figure(4.6 * len(encoders), 5.2)
     for ax, (title, encoder) in zip(figure.subplots(1, len(encoders), squeeze=False)[0], encoders.items()):
-        xy = tsne(embed(encoder, test.images[index], device))
+        xy = tsne(embed(encoder, gather(test.images, index), device))
         for c, name in enumerate(test.classes):
             ax.scatter(*xy[labels == c].T, s=3, color=colours[c], label=name, rasterized=True)
         ax.set(title=title, xticks=[], yticks=[])
@@ -154,36 +155,42 @@ def embedding_map(encoders: dict[str, nn.Module], test: ImageSet, path: Path, de
     _save(figure, path)
 
 
-def nearest(encoder: nn.Module, queries: torch.Tensor, pool: torch.Tensor, k: int,
+def nearest(encoder: nn.Module, queries: torch.Tensor, pool: torch.Tensor | Pixels, rows: torch.Tensor, k: int,
             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine similarity and pool index of the `k` closest pool images to each query image,
-    best first. The pool is embedded POOL_CHUNK images at a time and only the running top-k is
-    kept, so memory follows the chunk, not the pool."""
+    """Cosine similarity and pool row of the `k` closest images among the pool's `rows` to each
+    query image, best first. The rows are read (from disk, for a split opened with open_split)
+    and embedded POOL_CHUNK at a time and only the running top-k is kept, so memory follows the
+    chunk, not the pool."""
     q = F.normalize(embed(encoder, queries, device), dim=1)
-    k = min(k, len(pool))
     best = torch.full((len(q), 0), -float("inf"))
     where = torch.zeros((len(q), 0), dtype=torch.long)
-    for start in range(0, len(pool), POOL_CHUNK):
-        z = F.normalize(embed(encoder, pool[start : start + POOL_CHUNK], device), dim=1)
-        candidates = torch.cat([where, torch.arange(start, start + len(z)).expand(len(q), -1)], dim=1)
+    for start in range(0, len(rows), POOL_CHUNK):
+        chunk = rows[start : start + POOL_CHUNK]
+        z = F.normalize(embed(encoder, gather(pool, chunk), device), dim=1)
+        candidates = torch.cat([where, chunk.expand(len(q), -1)], dim=1)
         best, pick = torch.cat([best, q @ z.T], dim=1).topk(min(k, candidates.shape[1]), dim=1)
         where = candidates.gather(1, pick)
     return best, where
 
 
-def neighbours(encoder: nn.Module, test: ImageSet, pool: torch.Tensor, path: Path, device: torch.device) -> None:
+def neighbours(encoder: nn.Module, test: ImageSet, pool: torch.Tensor | Pixels, path: Path,
+               device: torch.device) -> None:
     """NEIGHBOUR_QUERIES test images per class (a row each) and their NEIGHBOURS closest
     images, in the encoder's space, among POOL_SAMPLE unlabeled ones, with their cosine
-    similarity. A sample: embedding all 60,000 of Fashion-MNIST's took 83 s on a busy 2-core CPU."""
-    pool = pool[sample(len(pool), POOL_SAMPLE)]
+    similarity. A sample: embedding all 60,000 of Fashion-MNIST's took 83 s on a busy 2-core CPU.
+    The pool stays where it is (open_split: on disk); only a chunk of it and the images shown
+    are read."""
+    rows = sample(len(pool), POOL_SAMPLE)
     queries = per_class(test.labels, NEIGHBOUR_QUERIES, len(test.classes))
-    similarity, found = nearest(encoder, test.images[queries], pool, NEIGHBOURS, device)
-    cells = [[test.images[q], *pool[found[row]]] for row, q in enumerate(queries)]
+    shown = gather(test.images, queries)
+    similarity, found = nearest(encoder, shown, pool, rows, NEIGHBOURS, device)
+    closest = gather(pool, found.flatten()).view(*found.shape, *pool.shape[1:])
+    cells = [[shown[row], *closest[row]] for row in range(len(queries))]
     captions = [["test image" if row == 0 else "", *(f"{v:.3f}" for v in scores)]
                 for row, scores in enumerate(similarity)]
     labels = [test.classes[test.labels[q]] for q in queries]
-    title = f"Closest of {len(pool):,} unlabeled images to test images\n(cosine similarity, pretrained encoder)"
-    draw_grid(cells, test.images.shape[1:], labels, captions, title, path)
+    title = f"Closest of {len(rows):,} unlabeled images to test images\n(cosine similarity, pretrained encoder)"
+    draw_grid(cells, test.shape[1:], labels, captions, title, path)
 
 
 def augmented_views(images: torch.Tensor, params: Params) -> dict[str, torch.Tensor]:
@@ -207,11 +214,11 @@ def augmented_views(images: torch.Tensor, params: Params) -> dict[str, torch.Ten
 def augmentation_preview(labeled: ImageSet, params: Params, path: Path) -> None:
     """A row per class (one labeled image each), a column per view of augmented_views."""
     index = per_class(labeled.labels, 1, len(labeled.classes))
-    views = augmented_views(labeled.images[index], params)
+    views = augmented_views(gather(labeled.images, index), params)
     cells = [[images[row] for images in views.values()] for row in range(len(index))]
     labels = [labeled.classes[labeled.labels[i]] for i in index]
     title = "Training images and the views\ntraining makes of them"
-    draw_grid(cells, labeled.images.shape[1:], labels, [list(views)], title, path)
+    draw_grid(cells, labeled.shape[1:], labels, [list(views)], title, path)
 
 
 def class_gain_chart(gains: Sequence[dict], path: Path) -> None:
@@ -247,7 +254,7 @@ def mistakes(model: nn.Module, test: ImageSet, actual: int, predicted: int, devi
     found = [candidates[:0]]
     for start in range(0, len(candidates), EXAMPLE_BATCH):
         batch = candidates[start : start + EXAMPLE_BATCH]
-        found.append(batch[predict(model, test.images[batch], device) == predicted])
+        found.append(batch[predict(model, gather(test.images, batch), device) == predicted])
         if sum(map(len, found)) >= PAIR_EXAMPLES:
             break
     return torch.cat(found)[:PAIR_EXAMPLES]
@@ -262,8 +269,8 @@ def confused_pairs(model: nn.Module, test: ImageSet, counts: dict[str, np.ndarra
     cells: Cells = [[None] * PAIR_EXAMPLES]  # an empty row when there is no mistake at all
     labels = [""]
     if pairs:
-        cells = [list(test.images[mistakes(model, test, a, b, device)]) for a, b in pairs]
+        cells = [list(gather(test.images, mistakes(model, test, a, b, device))) for a, b in pairs]
         labels = [f"{test.classes[a]}\n-> {test.classes[b]}\n{ours[a, b]} (scratch {theirs[a, b]})" for a, b in pairs]
     title = "Most confused pairs (true -> predicted),\npretrained classifier" if pairs else \
         "The pretrained classifier got\nevery test image right"
-    draw_grid(cells, test.images.shape[1:], labels, [], title, path)
+    draw_grid(cells, test.shape[1:], labels, [], title, path)
