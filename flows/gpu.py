@@ -21,6 +21,8 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from prefine.params import ResourcesParams
+
 LEASE_S = 60  # the shortest lease the server grants: a killed run's slot comes back soonest
 
 
@@ -95,11 +97,16 @@ def claim_devices(count: int, poll: float = 0.5) -> Iterator[str]:
 
 
 @contextmanager
-def gpu_slot(devices: int = 1) -> Iterator[str]:
-    """Hold `devices` of this host's GPU slots, and that many free devices, for the block; yields
-    their ids for CUDA_VISIBLE_DEVICES ('' on a CPU-only host)."""
+def gpu_slot(resources: ResourcesParams | None = None) -> Iterator[str]:
+    """Hold as many of this host's GPU slots as the stage uses devices (resources.devices; auto:
+    all of them), and that many free devices, for the block; yields their ids for
+    CUDA_VISIBLE_DEVICES. A CPU-only host has one slot, whatever the processes (yields '')."""
+    gpus = visible_gpus()
+    count = (resources or ResourcesParams()).count(len(gpus))
+    if gpus and count > len(gpus):
+        raise ValueError(f"resources.devices is {count} but this host has {len(gpus)} GPU(s): {','.join(gpus)}")
     ensure_host_limit()
-    with concurrency(host_limit(), occupy=devices, lease_duration=LEASE_S, strict=True,
+    with concurrency(host_limit(), occupy=count if gpus else 1, lease_duration=LEASE_S, strict=True,
                      raise_on_lease_renewal_failure=False):  # a server blip must not kill hours of training
-        with claim_devices(devices) as ids:
+        with claim_devices(count) as ids:
             yield ids

@@ -43,8 +43,8 @@ def reproduce_stage(repo: Path, stage: str, up_to_date: bool = False, device: st
 
 
 def device_name(device: str) -> str:
-    """A held device id as torch names it: "cpu" for "", else cuda:<id>."""
-    return f"cuda:{device}" if device else "cpu"
+    """Held device ids as torch names them: "cpu" for "", else cuda:<id>[,cuda:<id>...]."""
+    return ",".join(f"cuda:{d}" for d in device.split(",")) if device else "cpu"
 
 
 def stage_task(stage: str, retries: int = 0, delay: float = 0.0, jitter: float | None = None,

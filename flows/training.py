@@ -103,7 +103,8 @@ def reproduce(
     logger = get_run_logger()
     if params_overrides.apply(root, profile, overrides):
         logger.info("params.yaml updated: profile=%s overrides=%s", profile, overrides)
-    remote = fleet.share(root, registry or load(root / PARAMS_FILE).registry, logger.info) if sync else None
+    current = load(root / PARAMS_FILE)
+    remote = fleet.share(root, registry or current.registry, logger.info) if sync else None
     if refresh_inputs(root):
         logger.info("inputs.json: the source files changed since the last run")
     stale = status(root)  # one DVC call; valid until some stage reruns, then DVC decides each
@@ -112,7 +113,7 @@ def reproduce(
         start = time.perf_counter()
         clean = stage not in stale and all(s == "Skipped" for s in summary["stages"].values())
         tries = retries if stage in GPU_STAGES else 0
-        with gpu_slot() if stage in GPU_STAGES and not clean else nullcontext(None) as device:
+        with gpu_slot(current.resources) if stage in GPU_STAGES and not clean else nullcontext(None) as device:
             task = stage_task(stage, tries, delay, jitter, device)
             state = task(root, stage, clean, device, sync, return_state=True)
         state.result()  # re-raises the stage's failure, which fails the flow with its message

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prefine.errors import PrefineError
 from prefine.paths import PARAMS_FILE, PROFILES_FILE
@@ -93,6 +93,33 @@ class RegistryParams(_Section):
     remote_url: str = "../prefine-storage"  # the folder used when `remote` has to be added
 
 
+class ResourcesParams(_Section):
+    """How many devices the training stages use: how they run, not what they learn (the global
+    batch stays the same), so not a param of any DVC stage. Read by tasks/stage.py and flows/."""
+
+    devices: int | Literal["auto"] = Field(1)  # per host; auto: every visible GPU (1 on a CPU host)
+    nodes: int = Field(1, ge=1)  # hosts in one training run (each runs the stage; see docs/multi-device.md)
+    rendezvous: str | None = None  # host:port every node reaches (nodes > 1)
+    max_restarts: int = Field(3, ge=0)  # torchrun restarts the group this often when a rank dies
+
+    @field_validator("devices")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1, or auto")
+        return value
+
+    @model_validator(mode="after")
+    def _reachable(self) -> "ResourcesParams":
+        if self.nodes > 1 and not self.rendezvous:
+            raise ValueError(f"nodes is {self.nodes}: set rendezvous to a host:port every node reaches")
+        return self
+
+    def count(self, gpus: int) -> int:
+        """Devices per host on a host with `gpus` visible GPUs (auto: all of them, 1 on a CPU host)."""
+        return max(1, gpus) if self.devices == "auto" else self.devices
+
+
 def _overrides(section: type[_Section], values: dict[str, Any], owned: str, owner: str) -> dict[str, Any]:
     """Check a study's overrides of `section` against its schema now, not hours into the study;
     `owned` is the key the study sets itself (from `owner`)."""
@@ -143,11 +170,25 @@ class Params(_Section):
     finetune: FinetuneParams = FinetuneParams()
     registry: RegistryParams = RegistryParams()
     study: StudyParams = StudyParams()
+    resources: ResourcesParams = ResourcesParams()
+
+    @model_validator(mode="after")
+    def _batches_shareable(self) -> "Params":
+        """Each rank trains an equal share of a batch: say so before torchrun starts, not in
+        every rank of every restart."""
+        ranks = self.resources.nodes * (self.resources.devices if isinstance(self.resources.devices, int) else 1)
+        for name, section in (("pretrain", self.pretrain), ("finetune", self.finetune)):
+            if section.batch_size < ranks:
+                raise ValueError(f"{name}.batch_size {section.batch_size} cannot be shared by {ranks} devices "
+                                 "(resources.devices x resources.nodes): raise it or use fewer devices")
+        return self
 
 
 def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"])
     kind = error["type"]
+    if not key:  # a rule across sections
+        return error["msg"].removeprefix("Value error, ")
     if kind == "extra_forbidden":
         if key in ("profile", "profiles"):
             return f"'{key}' is not a param: profiles live in {PROFILES_FILE}; switch with `prefine profile NAME`"

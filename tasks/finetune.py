@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefine import fingerprint, paths
+from prefine import distributed, fingerprint, paths
 from prefine.data.store import open_split
 from prefine.models import weights
 from prefine.params import Params
 from prefine.training import device as devices
 from prefine.training import finetuning
 from prefine.training.finetuning import SCRATCH
+from prefine.training.launch import data_parallel
 from prefine.training.logbook import EpochLog
 from tasks.stage import run_stage
 
@@ -39,9 +40,10 @@ def finetune(params: Params) -> None:
             "labels_per_class": p.labels_per_class,
             "encoder": None if strategy == SCRATCH else fingerprint.file_sha256(start),
         }
-        weights.save(target, model, meta)
-        print(f"finetune: wrote {target} ({strategy})", flush=True)
+        if distributed.is_main():
+            weights.save(target, model, meta)
+            print(f"finetune: wrote {target} ({strategy})", flush=True)
 
 
 if __name__ == "__main__":
-    run_stage("finetune", finetune)
+    run_stage("finetune", data_parallel("tasks.finetune", finetune))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from prefine import paths
 from prefine.params import Params
+from prefine.training.launch import data_parallel
 from prefine.training.pretraining import pretrain
 from tasks.stage import run_stage
 
@@ -14,4 +15,4 @@ def _body(params: Params) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("pretrain", _body)
+    run_stage("pretrain", data_parallel("tasks.pretrain", _body))

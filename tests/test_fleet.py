@@ -48,14 +48,16 @@ def _slots(api: dict[str, str]) -> tuple[int, int]:
     return limit.limit, limit.active_slots
 
 
-HOLDER = "import sys\nfrom flows.gpu import gpu_slot\nwith gpu_slot() as held:\n    print(held, flush=True)\n    sys.stdin.readline()\n"
+HOLDER = ("import sys\nfrom flows.gpu import gpu_slot\nfrom prefine.params import ResourcesParams\n"
+          "with gpu_slot(ResourcesParams(devices={devices})) as held:\n    print(held, flush=True)\n"
+          "    sys.stdin.readline()\n")
 
 
-def _holder(env: dict[str, str]) -> subprocess.Popen:
-    """A process that takes one GPU slot of this host, prints its device, and holds both until
-    its stdin closes."""
-    return subprocess.Popen([sys.executable, "-c", HOLDER], env=env, cwd=ROOT, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+def _holder(env: dict[str, str], devices: int = 1) -> subprocess.Popen:
+    """A process that takes `devices` GPU slots of this host, prints its devices, and holds them
+    until its stdin closes."""
+    return subprocess.Popen([sys.executable, "-c", HOLDER.format(devices=devices)], env=env, cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _line(process: subprocess.Popen, timeout: float) -> str | None:
@@ -97,6 +99,32 @@ def test_a_held_slot_outlives_its_lease_and_a_killed_holder_gives_its_slot_back(
         with temporary_settings({PREFECT_API_URL: api["PREFECT_API_URL"]}):
             assert ensure_limit(host_limit(), 5) == 2  # an existing limit is never resized
     finally:
+        _forget_host_limit(api)
+
+
+def test_a_multi_device_stage_holds_a_slot_and_a_device_per_rank(api: dict[str, str]) -> None:
+    """Four fake GPUs: a 2-device holder gets two devices and two slots, a second one the other
+    two, a 1-device holder then waits; asking for more devices than the host has is an error."""
+    _forget_host_limit(api)
+    env = {**api, "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+    holders = []
+    try:
+        holders = [_holder(env, devices=2) for _ in range(2)]
+        held = [_line(h, 60) for h in holders]
+        assert sorted(",".join(held).split(",")) == ["0", "1", "2", "3"] and all(len(h.split(",")) == 2 for h in held)
+        assert _slots(api) == (4, 4)
+        waiter = _holder(env)
+        holders.append(waiter)
+        assert _line(waiter, 3) is None
+        holders[0].stdin.close()
+        assert _line(waiter, 30) in held[0].split(",")
+        too_many = _holder(env, devices=5)
+        assert too_many.wait(timeout=60) != 0
+        assert "resources.devices is 5 but this host has 4 GPU(s): 0,1,2,3" in too_many.stderr.read()
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
         _forget_host_limit(api)
 
 

@@ -56,6 +56,9 @@ def test_repro_makes_every_output_and_metrics_dvc_reads(repo):
     assert 0.0 <= card["metrics"]["knn_accuracy"] <= 1.0
     loss_curve = repo / "plots/pretrain/plots/metrics/loss.tsv"
     assert len(loss_curve.read_text().splitlines()) == 1 + 4  # header + one row per epoch
+    for run in ("pretrained", "scratch"):  # fine-tuning's accuracy on its training batches, per epoch
+        rows = (repo / f"plots/finetune/{run}/plots/metrics/train_accuracy.tsv").read_text().splitlines()[1:]
+        assert rows and all(0.0 <= float(row.split("\t")[-1]) <= 1.0 for row in rows)
 
 
 def test_second_repro_changes_nothing(repo):

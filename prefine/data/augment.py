@@ -1,10 +1,11 @@
 """Batched augmentation on float tensors: per-sample random parameters, no per-image Python.
 
 Every function takes a batch [N, C, H, W] in [0, 1] on the training device and draws its
-parameters from the generator it is given, so a run's views depend on its seed alone. Gray
-images (C = 1, Fashion-MNIST) get the views they always had; colour images (C = 3, any size)
-get SimCLR's recipe: random resized crop (area and aspect), flip, colour jitter (brightness,
-contrast, saturation, hue), random grayscale and blur.
+parameters from the generator it is given, so a run's views depend on its seed alone (in
+data-parallel training, drawn for the global batch: an image gets the same view on any number
+of devices, prefine/distributed.py). Gray images (C = 1, Fashion-MNIST) get the views they
+always had; colour images (C = 3, any size) get SimCLR's recipe: random resized crop (area and
+aspect), flip, colour jitter (brightness, contrast, saturation, hue), random grayscale and blur.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from prefine.distributed import rand_rows, randint_rows, randn_rows, uniform_rows
+
 
 def random_shift(x: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:
     """Shift each image by its own random (dy, dx) in [-pixels, pixels], filling with zeros."""
@@ -21,7 +24,7 @@ def random_shift(x: torch.Tensor, pixels: int, generator: torch.Generator) -> to
         return x
     n, _, h, w = x.shape
     padded = F.pad(x, (pixels, pixels, pixels, pixels))
-    offsets = torch.randint(0, 2 * pixels + 1, (2, n), generator=generator, device=x.device)
+    offsets = randint_rows(0, 2 * pixels + 1, n, 2, generator=generator, device=x.device).T
     rows = (offsets[0, :, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (offsets[1, :, None] + torch.arange(w, device=x.device))[:, None, None, :]
     batch = torch.arange(n, device=x.device)[:, None, None, None]
@@ -31,7 +34,7 @@ def random_shift(x: torch.Tensor, pixels: int, generator: torch.Generator) -> to
 
 def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Mirror a random half of the batch left-right."""
-    mask = torch.rand(len(x), generator=generator, device=x.device) < 0.5
+    mask = rand_rows(len(x), generator=generator, device=x.device) < 0.5
     return torch.where(mask[:, None, None, None], x.flip(3), x)
 
 
@@ -41,13 +44,13 @@ def random_resized_crop(
     """Crop a random `scale` of the area (random centre) from each image, resized back: the
     image's own shape, or with `ratio` a random aspect (log-uniform, width/height) in it."""
     n = len(x)
-    area = torch.empty(n, device=x.device).uniform_(*scale, generator=generator)
+    area = uniform_rows(n, *scale, generator, x.device)
     if ratio is None:
         side = torch.stack([area.sqrt(), area.sqrt()], 1)  # (width, height), as fractions
     else:
-        log_ratio = torch.empty(n, device=x.device).uniform_(*map(math.log, ratio), generator=generator)
+        log_ratio = uniform_rows(n, *map(math.log, ratio), generator, x.device)
         side = torch.stack([(area * log_ratio.exp()).sqrt(), (area / log_ratio.exp()).sqrt()], 1).clamp(max=1.0)
-    centre = (torch.rand(n, 2, generator=generator, device=x.device) * 2 - 1) * (1 - side)
+    centre = (rand_rows(n, 2, generator=generator, device=x.device) * 2 - 1) * (1 - side)
     theta = torch.zeros(n, 2, 3, device=x.device)
     theta[:, 0, 0], theta[:, 1, 1] = side[:, 0], side[:, 1]
     theta[:, :, 2] = centre
@@ -58,8 +61,8 @@ def random_resized_crop(
 def random_brightness_contrast(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
     """Scale contrast around each image's mean and shift brightness, by up to `strength`."""
     n = len(x)
-    contrast = 1 + (torch.rand(n, 1, 1, 1, generator=generator, device=x.device) * 2 - 1) * strength
-    brightness = (torch.rand(n, 1, 1, 1, generator=generator, device=x.device) * 2 - 1) * strength
+    contrast = 1 + (rand_rows(n, 1, 1, 1, generator=generator, device=x.device) * 2 - 1) * strength
+    brightness = (rand_rows(n, 1, 1, 1, generator=generator, device=x.device) * 2 - 1) * strength
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return ((x - mean) * contrast + mean + brightness).clamp(0, 1)
 
@@ -81,7 +84,7 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
 
 def _uniform(n: int, spread: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """Per-image factors in [1 - spread, 1 + spread], shaped to scale images."""
-    return (1 + (torch.rand(n, generator=generator, device=device) * 2 - 1) * spread).view(n, 1, 1, 1)
+    return (1 + (rand_rows(n, generator=generator, device=device) * 2 - 1) * spread).view(n, 1, 1, 1)
 
 
 def colour_jitter(
@@ -97,19 +100,19 @@ def colour_jitter(
     y = ((y - mean) * _uniform(n, c, generator, dev) + mean).clamp(0, 1)
     gray = grayscale(y)
     y = ((y - gray) * _uniform(n, s, generator, dev) + gray).clamp(0, 1)
-    angle = (torch.rand(n, generator=generator, device=dev) * 2 - 1) * h * 2 * math.pi
+    angle = (rand_rows(n, generator=generator, device=dev) * 2 - 1) * h * 2 * math.pi
     turn = torch.zeros(n, 3, 3, device=dev)
     turn[:, 0, 0] = 1
     turn[:, 1, 1], turn[:, 1, 2], turn[:, 2, 1], turn[:, 2, 2] = angle.cos(), -angle.sin(), angle.sin(), angle.cos()
     yiq = YIQ.to(dev)
     y = _mix(torch.linalg.inv(yiq) @ turn @ yiq, y).clamp(0, 1)
-    apply = torch.rand(n, generator=generator, device=dev) < p
+    apply = rand_rows(n, generator=generator, device=dev) < p
     return torch.where(apply[:, None, None, None], y, x)
 
 
 def random_grayscale(x: torch.Tensor, generator: torch.Generator, p: float = 0.2) -> torch.Tensor:
     """A random `p` of the batch turned gray (kept 3-channel)."""
-    apply = torch.rand(len(x), generator=generator, device=x.device) < p
+    apply = rand_rows(len(x), generator=generator, device=x.device) < p
     return torch.where(apply[:, None, None, None], grayscale(x), x)
 
 
@@ -142,17 +145,17 @@ def random_erasing(
     `p` of the batch, so the model cannot lean on any one part of the garment (Cutout)."""
     n, _, h, w = x.shape
     dev = x.device
-    area = torch.empty(n, device=dev).uniform_(*scale, generator=generator) * (h * w)
-    log_ratio = torch.empty(n, device=dev).uniform_(-math.log(3), math.log(3), generator=generator)
+    area = uniform_rows(n, *scale, generator, dev) * (h * w)
+    log_ratio = uniform_rows(n, -math.log(3), math.log(3), generator, dev)
     # height clamped so that width = area / height also fits: the area stays as drawn
     eh = (area * log_ratio.exp()).sqrt().maximum(area / w).clamp(max=h)
     ew = area / eh
     eh = eh.round().clamp(1, h)
     ew = ew.round().clamp(1, w)
-    corner = torch.rand(n, 2, generator=generator, device=dev)
+    corner = rand_rows(n, 2, generator=generator, device=dev)
     top = (corner[:, 0] * (h - eh + 1)).floor()
     left = (corner[:, 1] * (w - ew + 1)).floor()
-    apply = torch.rand(n, generator=generator, device=dev) < p
+    apply = rand_rows(n, generator=generator, device=dev) < p
     rows = torch.arange(h, device=dev)[None, :]
     cols = torch.arange(w, device=dev)[None, :]
     in_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])
@@ -168,8 +171,8 @@ def random_gaussian_blur(
     shortcut. One separable depthwise conv over the whole batch (a kernel per image)."""
     n, c, h, w = x.shape
     dev = x.device
-    s = torch.empty(n, device=dev).uniform_(*sigma, generator=generator).clamp_min(1e-3)
-    apply = torch.rand(n, generator=generator, device=dev) < p
+    s = uniform_rows(n, *sigma, generator, dev).clamp_min(1e-3)
+    apply = rand_rows(n, generator=generator, device=dev) < p
     radius = min(math.ceil(3 * sigma[1]), h - 1, w - 1)
     t = torch.arange(-radius, radius + 1, device=dev)
     kernel = torch.exp(-(t[None, :] ** 2) / (2 * s[:, None] ** 2))
@@ -184,8 +187,8 @@ def random_gaussian_blur(
 def random_noise(x: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
     """Add Gaussian noise of a per-image std drawn from [0, std], clipped to [0, 1]."""
     n = len(x)
-    level = torch.rand(n, 1, 1, 1, generator=generator, device=x.device) * std
-    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    level = rand_rows(n, 1, 1, 1, generator=generator, device=x.device) * std
+    noise = randn_rows(n, *x.shape[1:], generator=generator, device=x.device, dtype=x.dtype)
     return (x + level * noise).clamp(0, 1)
 
 

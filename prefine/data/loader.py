@@ -36,12 +36,16 @@ def batches_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
 
 
 class EpochSampler(Sampler[torch.Tensor]):
-    """The row indices of each batch of the current epoch, from batch `start` on (set_epoch)."""
+    """The row indices of each batch of the current epoch, from batch `start` on (set_epoch).
+    In data-parallel training (`world` > 1) `batch_size` is the global batch, a multiple of
+    `world`, and this rank reads its contiguous share of each batch."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool) -> None:
+    def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool, rank: int = 0, world: int = 1) -> None:
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.per_epoch = batches_per_epoch(n, batch_size, drop_last)
         self.epoch, self.start = 0, 0
+        self.share = batch_size // world
+        self.offset = rank * self.share
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
@@ -52,7 +56,8 @@ class EpochSampler(Sampler[torch.Tensor]):
     def __iter__(self) -> Iterator[torch.Tensor]:
         perm = torch.randperm(self.n, generator=epoch_order(self.seed, self.epoch))
         for b in range(self.start, self.per_epoch):
-            yield perm[b * self.batch_size : (b + 1) * self.batch_size]
+            batch = perm[b * self.batch_size : (b + 1) * self.batch_size]
+            yield batch if self.share == self.batch_size else batch[self.offset : self.offset + self.share]
 
 
 class _Rows(Dataset):

@@ -17,7 +17,8 @@ from torch.func import functional_call
 from torchvision.utils import save_image
 
 from prefine.atomic import atomic_path
-from prefine.models.nets import EncoderSpec, build_encoder, mlp_to_image, to_float
+from prefine.distributed import randn_rows
+from prefine.models.nets import EncoderSpec, build_encoder, mlp_to_image, to_float, widen
 
 
 def build_generator(spec: EncoderSpec, latent: int) -> nn.Module:
@@ -74,10 +75,10 @@ class GAN(nn.Module):
         """L_D + L_G, and the parts logged per epoch: both losses and the mean D(x), D(G(z))."""
         real = to_float(images)
         n = len(real)
-        z = torch.randn(n, self.latent, generator=generator, device=real.device)
+        z = randn_rows(n, self.latent, generator=generator, device=real.device)
         fake = self.generator(z)
-        d_real, d_fake = self(torch.cat([real, fake.detach()])).float().split(n)
-        g_fake = self._frozen(torch.cat([real, fake]))[n:].float()
+        d_real, d_fake = widen(self(torch.cat([real, fake.detach()]))).split(n)
+        g_fake = widen(self._frozen(torch.cat([real, fake]))[n:])
         bce = F.binary_cross_entropy_with_logits
         d_loss = bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake))
         g_loss = bce(g_fake, torch.ones_like(g_fake))

@@ -148,5 +148,10 @@ class Classifier(nn.Module):
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, C, H, W] -> float in [0, 1]: the one place pixels are scaled."""
-    return images.float().div_(255.0)
+    """uint8 [N, C, H, W] -> float in [0, 1] (the default dtype): the one place pixels are scaled."""
+    return images.to(torch.get_default_dtype()).div_(255.0)
+
+
+def widen(t: torch.Tensor) -> torch.Tensor:
+    """An autocast output (bf16/fp16) in float32, for the loss; float32/float64 as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t

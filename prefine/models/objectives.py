@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from prefine.data.augment import two_views
+from prefine.distributed import gather, randn_rows
 from prefine.models.gan import GAN
-from prefine.models.nets import EncoderSpec, build_decoder, build_encoder, require_small_encoder, to_float
+from prefine.models.nets import EncoderSpec, build_decoder, build_encoder, require_small_encoder, to_float, widen
 from prefine.params import PretrainParams
 
 
@@ -37,15 +38,15 @@ class Autoencoder(nn.Module):
         clean = to_float(images)
         x = clean
         if self.noise > 0:
-            noise = torch.randn(clean.shape, generator=generator, device=clean.device)
+            noise = randn_rows(len(clean), *clean.shape[1:], generator=generator, device=clean.device)
             x = (clean + self.noise * noise).clamp_(0.0, 1.0)
-        return F.mse_loss(self.decoder(self.encoder(x)).float(), clean)
+        return F.mse_loss(widen(self.decoder(self.encoder(x))), clean)
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     """NT-Xent over 2N projections [N, D] x 2: each view's positive is the other view of its
     image, the 2N - 2 other views are its negatives."""
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    z = F.normalize(widen(torch.cat([z1, z2])), dim=1)
     n = len(z1)
     logits = z @ z.T / temperature
     logits.fill_diagonal_(float("-inf"))
@@ -65,8 +66,8 @@ class SimCLR(nn.Module):
 
     def loss(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         v1, v2 = two_views(to_float(images), generator)
-        z = self.projector(self.encoder(torch.cat([v1, v2])))
-        return nt_xent(*z.chunk(2), self.temperature)
+        z1, z2 = self.projector(self.encoder(torch.cat([v1, v2]))).chunk(2)
+        return nt_xent(gather(z1), gather(z2), self.temperature)  # negatives from every device
 
 
 def vicreg_loss(
@@ -75,7 +76,7 @@ def vicreg_loss(
     """VICReg (Bardes et al. 2022) over two views' expansions [N, D] (N >= 2): mean squared
     distance between the views, a hinge keeping each dimension's std across the batch at 1 or
     more, and the squared off-diagonal covariances (per dimension), weighted 25 / 25 / 1."""
-    z1, z2 = z1.float(), z2.float()
+    z1, z2 = widen(z1), widen(z2)
     n, d = z1.shape
     spread, decorrelation = 0.0, 0.0
     for z in (z1, z2):
@@ -101,8 +102,8 @@ class VICReg(nn.Module):
 
     def loss(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         v1, v2 = two_views(to_float(images), generator)
-        z = self.expander(self.encoder(torch.cat([v1, v2])))
-        return vicreg_loss(*z.chunk(2))
+        z1, z2 = self.expander(self.encoder(torch.cat([v1, v2]))).chunk(2)
+        return vicreg_loss(gather(z1), gather(z2))  # variance and covariance over the global batch
 
 
 def build_objective(spec: EncoderSpec, p: PretrainParams) -> nn.Module:

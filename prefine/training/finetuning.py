@@ -21,9 +21,10 @@ import torch.nn.functional as F
 
 from prefine.data.augment import strong_view, weak_view
 from prefine.data.store import ImageSet
+from prefine.distributed import randint_rows
 from prefine.errors import PrefineError
 from prefine.models import weights
-from prefine.models.nets import Classifier, Encoder, EncoderSpec, build_encoder, to_float
+from prefine.models.nets import Classifier, Encoder, EncoderSpec, build_encoder, to_float, widen
 from prefine.params import FinetuneParams
 from prefine.training.loop import EpochFn, Run, StepOutput, fit
 
@@ -78,10 +79,10 @@ def fixmatch_loss(
     also the share of the batch confident enough to count."""
     x = to_float(unlabeled)
     with torch.no_grad():
-        probs = model(weak_view(x, p.shift, p.flip, gen)).float().softmax(dim=1)
+        probs = widen(model(weak_view(x, p.shift, p.flip, gen))).softmax(dim=1)
     confidence, pseudo = probs.max(dim=1)
-    mask = (confidence >= p.threshold).float()
-    per_image = F.cross_entropy(model(strong_view(x, gen)).float(), pseudo, reduction="none")
+    mask = (confidence >= p.threshold).to(probs.dtype)
+    per_image = F.cross_entropy(widen(model(strong_view(x, gen))), pseudo, reduction="none")
     return (per_image * mask).mean(), mask.mean()
 
 
@@ -107,12 +108,15 @@ def train(
 
     def step(batch: Sequence[torch.Tensor], gen: torch.Generator) -> StepOutput:
         x = weak_view(to_float(batch[0]), p.shift, p.flip, gen)
-        loss = F.cross_entropy(model(x).float(), batch[1])
+        logits = widen(model(x))
+        loss = F.cross_entropy(logits, batch[1])
+        # accuracy on the (augmented) training batches: every label is in the budget, none held out
+        seen = {"train_accuracy": (logits.detach().argmax(dim=1) == batch[1]).to(logits.dtype).mean()}
         if pool is None:
-            return loss
-        pick = torch.randint(0, len(pool), (p.mu * len(x),), generator=gen, device=gen.device).cpu()
+            return loss, seen
+        pick = randint_rows(0, len(pool), p.mu * len(x), generator=gen, device=gen.device).cpu()  # this rank's share
         unsup, confident = fixmatch_loss(model, pool.take(pick)[0].to(device), p, gen)
-        return loss + p.unlabeled_weight * unsup, {"labeled_loss": loss.detach(), "confident": confident}
+        return loss + p.unlabeled_weight * unsup, {**seen, "labeled_loss": loss.detach(), "confident": confident}
 
     run = Run(
         data=labeled,

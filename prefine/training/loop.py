@@ -5,6 +5,11 @@ every epoch and, with `save_every`, every that many steps. The batch order is a 
 (seed, epoch) (data/loader.py) and augmentation draws from a generator seeded by (seed, epoch)
 whose state is saved with the position, so a run resumed after a crash, at an epoch's end or in
 its middle, ends with exactly the weights of an uninterrupted one (on the CPU).
+
+With several processes (torchrun, prefine/distributed.py) the same loop is data-parallel: each
+rank trains its share of every global batch (`batch_size` rounded down to a multiple of the
+number of ranks), gradients are averaged by DistributedDataParallel, BatchNorm normalises over
+the global batch, and only rank 0 logs and saves; every rank resumes from that state.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from prefine import distributed
 from prefine.atomic import atomic_path
 from prefine.data.loader import ORDER_SALT, Batchable, EpochSampler, make_loader
 from prefine.errors import PrefineError
@@ -106,12 +113,16 @@ def fit(
     device: torch.device,
     on_epoch: EpochFn | None = None,
 ) -> list[dict[str, float]]:
-    """Train `model` for run.epochs, resuming from run.state_file; return the per-epoch history."""
-    sampler = EpochSampler(len(run.data), run.batch_size, run.seed, run.drop_last)
+    """Train `model` for run.epochs, resuming from run.state_file; return the per-epoch history
+    (on every rank; only rank 0 calls `on_epoch`)."""
+    sampler = EpochSampler(len(run.data), _global_batch(run), run.seed, run.drop_last,
+                           distributed.rank(), distributed.world())
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(sampler.per_epoch * run.epochs))
     trainer = _Trainer(model, optimizer, schedule, step, run, device)
     at = trainer.resume(sampler.per_epoch)
-    on_epoch = on_epoch or (lambda record: None)
+    trainer.parallelise()
+    main = distributed.is_main()
+    on_epoch = on_epoch if on_epoch and main else (lambda record: None)
     for record in run.history:  # replay what a crashed run already logged
         on_epoch(record)
     loader = make_loader(run.data, sampler, run.workers, pin=device.type == "cuda")
@@ -120,9 +131,23 @@ def fit(
         run.history.append(record)
         trainer.save(Position(epoch + 1))
         on_epoch(record)
-        if (epoch + 1) % max(1, run.epochs // 10) == 0 or epoch + 1 == run.epochs:
+        if main and ((epoch + 1) % max(1, run.epochs // 10) == 0 or epoch + 1 == run.epochs):
             print(f"{run.desc} epoch {epoch + 1}/{run.epochs}: loss {record['loss']:.4f}", flush=True)
     return run.history
+
+
+def _global_batch(run: Run) -> int:
+    """run.batch_size, rounded down to a multiple of the ranks so each trains an equal share."""
+    world = distributed.world()
+    if world == 1:
+        return run.batch_size
+    if not run.drop_last:
+        raise ValueError("data-parallel training needs drop_last (equal shares of every batch)")
+    batch = run.batch_size - run.batch_size % world
+    if batch == 0:
+        raise PrefineError(f"{run.desc}: a batch of {run.batch_size} images cannot be shared by {world} devices "
+                           "(raise the batch size or lower resources.devices)")
+    return batch
 
 
 @dataclass
@@ -135,6 +160,15 @@ class _Trainer:
     step: StepFn
     run: Run
     device: torch.device
+
+    def parallelise(self) -> None:
+        """With several ranks: BatchNorm over the global batch, and the step run through DDP
+        (which averages the gradients while the backward pass runs)."""
+        if distributed.world() == 1:
+            return
+        distributed.globalise_batchnorm(self.model)
+        self.step = DistributedDataParallel(_StepModule(self.model, self.step), forward_sync_buffers=False,
+                                            device_ids=[self.device] if self.device.type == "cuda" else None)
 
     def epoch(self, loader: DataLoader, at: Position) -> dict[str, float]:
         """Train the batches of epoch at.epoch from at.batch on; return the epoch's record."""
@@ -155,12 +189,12 @@ class _Trainer:
                     raise TrainingDiverged(f"{run.desc}: loss is {loss} at epoch {at.epoch + 1}, step {b + 1} of "
                                            f"{per_epoch}; nothing was saved after the last good state "
                                            "(lower the LR, or check the data)")
-                tally.add(loss, extras, len(batch[0]))
+                tally.add(loss, extras, len(batch[0]) * distributed.world())
                 progress.update(bar, advance=1, loss=tally.total / tally.seen)
                 done = at.epoch * per_epoch + b + 1
                 if run.save_every and done % run.save_every == 0 and b + 1 < per_epoch:
                     self.save(Position(at.epoch, b + 1, tally, aug.get_state()))
-        images = (at.epoch + 1) * per_epoch * run.batch_size
+        images = (at.epoch + 1) * per_epoch * sampler.batch_size
         return {"epoch": at.epoch + 1, "step": (at.epoch + 1) * per_epoch, "images": images,
                 "loss": tally.total / tally.seen, **{k: v.item() / tally.seen for k, v in tally.parts.items()}}
 
@@ -172,10 +206,15 @@ class _Trainer:
         loss.backward()
         self.optimizer.step()
         self.schedule.step()
-        return loss.item(), extras
+        if distributed.world() == 1:
+            return loss.item(), extras
+        # what the log reports: the ranks' mean (so every rank also stops together on a NaN)
+        values = distributed.mean_over_ranks(torch.stack([loss.detach().float(), *(v.float() for v in extras.values())]))
+        return values[0].item(), dict(zip(extras, values[1:]))
 
     def save(self, at: Position) -> None:
-        _save(self.model, self.optimizer, self.schedule, self.run, at)
+        if distributed.is_main():
+            _save(self.model, self.optimizer, self.schedule, self.run, at)
 
     def resume(self, per_epoch: int) -> Position:
         """Load the saved state if it belongs to this run; return where training goes on from."""
@@ -191,11 +230,23 @@ class _Trainer:
         epoch, batch = int(state["epoch"]), int(state.get("batch", 0))
         where = (f"at epoch {epoch + 1}, batch {batch} of {per_epoch} (step {epoch * per_epoch + batch})"
                  if batch else f"after epoch {epoch}")
-        print(f"{run.desc}: resuming {where} from {run.state_file}", flush=True)
+        if distributed.is_main():
+            print(f"{run.desc}: resuming {where} from {run.state_file}", flush=True)
         saved = state.get("tally") or {}
         tally = Tally(saved.get("total", 0.0), saved.get("seen", 0),
                       {k: v.to(self.device) for k, v in saved.get("parts", {}).items()})
         return Position(epoch, batch, tally, state.get("aug"))
+
+
+class _StepModule(nn.Module):
+    """The step as a module's forward, so DistributedDataParallel can wrap any objective's loss."""
+
+    def __init__(self, model: nn.Module, step: StepFn) -> None:
+        super().__init__()
+        self.model, self.run_step = model, step
+
+    def forward(self, batch: Sequence[torch.Tensor], generator: torch.Generator) -> StepOutput:
+        return self.run_step(batch, generator)
 
 
 def _save(model: nn.Module, optimizer: torch.optim.Optimizer, schedule, run: Run, at: Position) -> None:
@@ -241,4 +292,5 @@ def _progress() -> Progress:
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
-    return Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
+    return Progress(*columns, console=console, transient=True,
+                    disable=not console.is_terminal or not distributed.is_main())

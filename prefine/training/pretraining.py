@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from prefine import fingerprint
+from prefine import distributed, fingerprint
 from prefine.data.store import open_split
 from prefine.models import weights
 from prefine.models.gan import GAN, save_samples
@@ -52,12 +52,15 @@ def pretrain(params: Params, unlabeled: Path, state_file: Path, plots: Path) -> 
         workers=p.workers,
         save_every=p.save_every,
     )
-    print(f"pretrain: {p.method} with a {p.encoder} encoder on {len(data)} images, device {device}", flush=True)
+    print(f"pretrain: {p.method} with a {p.encoder} encoder on {len(data)} images, device {device}"
+          + (f" (rank {distributed.rank()} of {distributed.world()})" if distributed.world() > 1 else ""), flush=True)
     log = EpochLog(plots)
     try:
         history = fit(model, optimizer, lambda batch, gen: model.loss(batch[0], gen), run, device, log)
     finally:
         log.close()
+    if not distributed.is_main():
+        return history
     samples = plots / SAMPLES_NAME
     samples.unlink(missing_ok=True)  # never show another method's samples
     if isinstance(model, GAN):
