@@ -42,7 +42,7 @@ from prefine.evaluate.study import (
 from prefine.models import weights
 from prefine.models.nets import EncoderSpec, spec_for
 from prefine.models.objectives import load_pretrained
-from prefine.params import Params, load, parse, resolve
+from prefine.params import Params, ParamsError, load, parse, resolve
 from prefine.paths import PARAMS_FILE, PROFILES_FILE
 from prefine.training.finetuning import SCRATCH
 from prefine.training.pretraining import pretrain
@@ -216,6 +216,9 @@ def label_budget_study(
     root = Path(repo).resolve()
     params = load_params(root, profile, overrides)
     study = params.study
+    if {**params.finetune.model_dump(), **study.finetune}["strategy"] == "auto":
+        raise ParamsError("finetune.strategy auto is the pipeline's choice; the study compares fixed strategies: "
+                          "set study.finetune.strategy to linear, partial, full or semisup")
     out = root / study.out
     work = out / WORK
     logger = get_run_logger()

@@ -67,7 +67,7 @@ class CheckpointParams(_Section):
 
 class FinetuneParams(_Section):
     labels_per_class: int = Field(100, ge=1)
-    strategy: Literal["linear", "partial", "full", "semisup"] = "full"
+    strategy: Literal["linear", "partial", "full", "semisup", "auto"] = "full"
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(0.003, gt=0.0, le=1.0)
@@ -80,6 +80,8 @@ class FinetuneParams(_Section):
     threshold: float = Field(0.95, ge=0.0, le=1.0)  # semisup: confidence that makes a pseudo-label
     unlabeled_weight: float = Field(1.0, ge=0.0)  # semisup: weight of the unlabeled loss
     init: str | None = None  # fine-tune from this weights file instead of the pretrained encoder
+    auto_folds: int = Field(3, ge=2, le=10)  # auto: cross-validation folds of the labeled budget
+    auto_budget: float = Field(3.0, gt=0.0, le=20.0)  # auto: all CV fits cost this many fine-tuning runs
 
 
 class RegistryParams(_Section):

@@ -58,7 +58,7 @@ def evaluate(params: Params) -> dict:
     results |= baselines.evaluate(read_split(paths.LABELED_DIR), test, open_split(paths.UNLABELED_DIR).images, k)
     baseline_s = time.perf_counter() - start
     metrics = {
-        "strategy": meta["pretrained"]["strategy"],
+        "strategy": strategy_of(meta["pretrained"]),
         "labels_per_class": meta["pretrained"]["labels_per_class"],
         "test_images": len(test),
         "test_set": identify_test_set(paths.TEST_DIR),
@@ -70,6 +70,7 @@ def evaluate(params: Params) -> dict:
         "verdict": baselines.verdict(results),
     }
     detail = {
+        **({"auto": meta["pretrained"]["auto"]} if "auto" in meta["pretrained"] else {}),  # the CV scores
         "per_class": {name: r["per_class"] for name, r in results.items()},
         "baselines": {
             "seconds": {name: results[name]["seconds"] for name in baselines.BASELINES},
@@ -83,6 +84,11 @@ def evaluate(params: Params) -> dict:
     write_json(paths.EVALUATE_DETAIL_FILE, detail)
     report(metrics, baseline_s)
     return metrics
+
+
+def strategy_of(meta: dict) -> str:
+    """The fine-tuning strategy, or auto's choice: `auto -> full (encoder LR x0.1)`."""
+    return f"auto -> {meta['auto']['choice']}" if "auto" in meta else meta["strategy"]
 
 
 def report(metrics: dict, baseline_s: float) -> None:

@@ -9,7 +9,7 @@ from prefine.data.store import open_split
 from prefine.models import weights
 from prefine.params import Params
 from prefine.training import device as devices
-from prefine.training import finetuning
+from prefine.training import auto, finetuning
 from prefine.training.finetuning import SCRATCH
 from prefine.training.launch import data_parallel
 from prefine.training.logbook import EpochLog
@@ -25,6 +25,9 @@ def finetune(params: Params) -> None:
     print(f"finetune: {len(labeled)} labeled images, {p.steps} steps, device {device}", flush=True)
     init = Path(p.init) if p.init is not None else None
     start = init or paths.ENCODER_FILE  # the weights the pretrained run starts from
+    chosen = None
+    if p.strategy == "auto":  # the scratch twin then trains as long as the chosen recipe
+        p, chosen = auto.choose(paths.ENCODER_FILE, labeled, p, params.seed, device, init)
     runs = (("pretrained", p.strategy, paths.CLASSIFIER_FILE), ("scratch", SCRATCH, paths.SCRATCH_FILE))
     for name, strategy, target in runs:
         model = finetuning.start(strategy, paths.ENCODER_FILE, len(labeled.classes), params.seed, p.unfreeze, init)
@@ -39,6 +42,7 @@ def finetune(params: Params) -> None:
             "strategy": strategy,
             "labels_per_class": p.labels_per_class,
             "encoder": None if strategy == SCRATCH else fingerprint.file_sha256(start),
+            **({"auto": chosen} if chosen and strategy != SCRATCH else {}),
         }
         if distributed.is_main():
             weights.save(target, model, meta)

@@ -63,7 +63,7 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], exact: b
             torch.testing.assert_close(a[key], b[key], msg=lambda m, key=key: f"{key}: {m}")
 
 
-@pytest.mark.parametrize("method", ["simclr", "vicreg"])
+@pytest.mark.parametrize("method", ["simclr", "vicreg", "gan"])
 def test_two_processes_pretrain_what_one_does(ingested: Path, tmp_path: Path, method: str) -> None:
     one, _ = run_stage(ingested, tmp_path / "one", "pretrain", [f"pretrain.method={method}"])
     two, log = run_stage(ingested, tmp_path / "two", "pretrain", [f"pretrain.method={method}", "resources.devices=2"])
@@ -89,12 +89,13 @@ def test_data_parallel_runs_are_bit_identical_and_survive_a_killed_rank(ingested
     assert_same(pretrained(first), pretrained(killed), exact=True)
 
 
-def test_two_processes_fine_tune_what_one_does(ingested: Path, tmp_path: Path) -> None:
-    base, _ = run_stage(ingested, tmp_path / "pretrained", "pretrain", [])
+@pytest.mark.parametrize("strategy", ["full", "semisup"])
+def test_two_processes_fine_tune_what_one_does(ingested: Path, tmp_path: Path, strategy: str) -> None:
+    base, _ = run_stage(ingested, tmp_path / "pretrained", "pretrain", ["pretrain.epochs=1"])
     subprocess.run([sys.executable, "-m", "tasks.checkpoint"], cwd=base, env=faults.subprocess_env(float64=True),
                    check=True, capture_output=True)
-    one, _ = run_stage(base, tmp_path / "one", "finetune", [])
-    two, log = run_stage(base, tmp_path / "two", "finetune", ["resources.devices=2"])
+    one, _ = run_stage(base, tmp_path / "one", "finetune", [f"finetune.strategy={strategy}"])
+    two, log = run_stage(base, tmp_path / "two", "finetune", [f"finetune.strategy={strategy}", "resources.devices=2"])
     assert "2 processes per host" in log
     for name in (paths.CLASSIFIER_FILE, paths.SCRATCH_FILE):
         assert_same(load_file(one / name), load_file(two / name))

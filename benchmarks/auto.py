@@ -1,0 +1,76 @@
+"""`finetune.strategy: auto` against every fixed recipe it considers, on the test split.
+
+In a project after `dvc repro` (its encoder, data/labeled and data/test): for each label budget
+and seed, a stratified seeded subset of data/labeled is fine-tuned with every recipe of
+prefine.training.auto.GRID at the project's finetune params, and auto chooses one of them by
+cross-validation on that subset alone. Auto's final model is the chosen recipe's fixed run (the
+same seeded call), so its test accuracy is read from that row. Usage:
+
+    python benchmarks/auto.py PROJECT [--budgets 10,100] [--seeds 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from prefine import params as params_mod  # noqa: E402
+from prefine import paths  # noqa: E402
+from prefine.data.store import ImageSet, read_split  # noqa: E402
+from prefine.evaluate.metrics import predict  # noqa: E402
+from prefine.training import auto, finetuning  # noqa: E402
+from prefine.training import device as devices  # noqa: E402
+
+
+def subset(labeled: ImageSet, per_class: int, seed: int) -> ImageSet:
+    """`per_class` images of every class, drawn with `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.cat([(labeled.labels == c).nonzero().flatten()[torch.randperm(int((labeled.labels == c).sum()),
+                                                                               generator=gen)[:per_class]]
+                      for c in range(len(labeled.classes))])
+    return ImageSet(labeled.images[rows], labeled.labels[rows], labeled.classes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("project", type=Path)
+    parser.add_argument("--budgets", default="10,100", help="labels per class")
+    parser.add_argument("--seeds", default="0")
+    args = parser.parse_args()
+    os.chdir(args.project)
+    p = params_mod.load().finetune.model_copy(update={"strategy": "auto"})
+    labeled, test = read_split(paths.LABELED_DIR), read_split(paths.TEST_DIR)
+    device = devices.pick()
+    print(f"finetune steps {p.steps}, batch {p.batch_size}, {p.auto_folds} folds, budget {p.auto_budget}x; "
+          f"test {len(test)} images")
+    print(f"{'labels/class':>12} {'seed':>4}  {'recipe':<42} {'test acc':>8} {'seconds':>8}")
+    for budget in map(int, args.budgets.split(",")):
+        for seed in map(int, args.seeds.split(",")):
+            data = subset(labeled, budget, seed)
+            fixed = {}
+            for recipe in auto.GRID:
+                start = time.perf_counter()
+                q = recipe.params(p, p.steps)
+                model = finetuning.start(recipe.strategy, paths.ENCODER_FILE, len(data.classes), seed, q.unfreeze)
+                finetuning.train(model, data, q, recipe.strategy, seed, device)
+                fixed[recipe.name()] = (predict(model, test.images, device).cpu() == test.labels).float().mean().item()
+                print(f"{budget:>12} {seed:>4}  {recipe.name():<42} {fixed[recipe.name()]:>8.4f} "
+                      f"{time.perf_counter() - start:>8.1f}", flush=True)
+            _, record = auto.choose(paths.ENCODER_FILE, data, p, seed, device)
+            chosen = fixed[record["choice"]]
+            print(f"{budget:>12} {seed:>4}  {'auto -> ' + record['choice']:<42} {chosen:>8.4f} "
+                  f"{record['seconds']:>8.1f}  (CV only)")
+            print(f"{'':>18}best fixed {max(fixed.values()):.4f}, worst {min(fixed.values()):.4f}, "
+                  f"auto - best {chosen - max(fixed.values()):+.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""`finetune.strategy: auto`: cross-validation on the labeled budget picks the recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from prefine.data.store import ImageSet
+from prefine.models import weights
+from prefine.models.nets import build_encoder, encoder_spec
+from prefine.params import FinetuneParams, ParamsError, parse
+from prefine.training import auto
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_folds_are_disjoint_cover_every_row_and_hold_out_every_class() -> None:
+    labels = torch.tensor([0] * 7 + [1] * 5 + [2] * 3)
+    held_out = auto.folds(labels, 3, seed=0)
+    rows = torch.cat(held_out)
+    assert sorted(rows.tolist()) == list(range(len(labels)))
+    for fold in held_out:
+        assert set(labels[fold].tolist()) == {0, 1, 2}  # every class in every held-out fold
+    assert [f.tolist() for f in held_out] == [f.tolist() for f in auto.folds(labels, 3, seed=0)]  # seeded
+    assert [f.tolist() for f in held_out] != [f.tolist() for f in auto.folds(labels, 3, seed=1)]
+
+
+def _labeled(per_class: int) -> ImageSet:
+    """Two classes a linear model separates at once: dark vs bright images."""
+    gen = torch.Generator().manual_seed(0)
+    dark = torch.randint(0, 60, (per_class, 1, 8, 8), generator=gen, dtype=torch.uint8)
+    bright = torch.randint(190, 255, (per_class, 1, 8, 8), generator=gen, dtype=torch.uint8)
+    return ImageSet(torch.cat([dark, bright]), torch.tensor([0] * per_class + [1] * per_class), ["dark", "bright"])
+
+
+def test_choose_scores_every_recipe_on_held_out_folds_and_keeps_the_budget(tmp_path: Path, one_thread) -> None:
+    torch.manual_seed(0)
+    encoder = tmp_path / "encoder.safetensors"
+    spec = encoder_spec("conv", 1, 8, width=4)
+    weights.save(encoder, build_encoder(spec), {"spec": spec})
+    p = FinetuneParams(strategy="auto", steps=30, batch_size=8, auto_folds=3, auto_budget=2.0)
+    chosen, record = auto.choose(encoder, _labeled(6), p, seed=0, device=torch.device("cpu"))
+    assert set(record["cv_accuracy"]) == {r.name() for r in auto.GRID}
+    assert all(0.0 <= s <= 1.0 for s in record["cv_accuracy"].values())
+    best = max(record["cv_accuracy"].values())
+    assert record["cv_accuracy"][record["choice"]] == best
+    assert record["folds"] == 3 and record["cv_steps"] == round(30 * 2.0 / (len(auto.GRID) * 3))
+    assert chosen.strategy in {"linear", "partial", "full"} and chosen.strategy != "auto"
+    assert (chosen.strategy, chosen.encoder_lr_scale) == (record["recipe"]["strategy"],
+                                                          record["recipe"]["encoder_lr_scale"])
+    assert chosen.steps == round(30 * record["recipe"]["steps_share"])
+
+
+def test_one_label_per_class_cannot_be_cross_validated_and_says_so(tmp_path: Path) -> None:
+    encoder = tmp_path / "encoder.safetensors"
+    spec = encoder_spec("conv", 1, 8, width=4)
+    weights.save(encoder, build_encoder(spec), {"spec": spec})
+    chosen, record = auto.choose(encoder, _labeled(1), FinetuneParams(strategy="auto"), 0, torch.device("cpu"))
+    assert chosen.strategy == "full" and "too few to cross-validate" in record["reason"]
+
+
+def test_auto_params_are_checked() -> None:
+    with pytest.raises(ParamsError, match="finetune.auto_folds"):
+        parse({"finetune": {"strategy": "auto", "auto_folds": 1}})
+    assert parse({"finetune": {"strategy": "auto"}}).finetune.strategy == "auto"
