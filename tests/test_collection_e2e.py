@@ -5,6 +5,7 @@ in-process; and a second ingest after adding images decodes only those."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,35 @@ def test_a_folder_of_mixed_photos_runs_end_to_end_with_resnet18(tmp_path, monkey
     capsys.readouterr()
     ingest(params)
     assert "decoding 5 of 65 images (60 unchanged, from the cache)" in capsys.readouterr().out
+
+
+def test_dvc_repro_after_adding_images_appends_shards_and_pushes_only_those(tmp_path):
+    """Under `dvc repro` (ingest's splits are `persist: true`), images added to the folder go to
+    new shards: every shard of the pool and the test split keeps its bytes and mtime, and the
+    second `dvc push` moves only what is new."""
+    from flows.dvc import refresh_inputs
+    from projects import dvc, make_project
+
+    photos(tmp_path / "photos", 0, 60)
+    project = make_project(tmp_path / "project", tmp_path / "photos", [
+        "ingest.source=folder", "ingest.image_size=32", "ingest.channels=3", "finetune.labels_per_class=8"])
+    assert dvc(project, "remote", "add", "-d", "local", str(tmp_path / "remote")).returncode == 0
+
+    def repro_and_push() -> int:
+        refresh_inputs(project)  # as `prefine run` does: DVC sees the folder changed
+        repro = dvc(project, "repro", "ingest")
+        assert repro.returncode == 0, repro.stdout + repro.stderr
+        push = dvc(project, "push")
+        assert push.returncode == 0, push.stderr
+        return int(re.search(r"(\d+) files? pushed", push.stdout).group(1))
+
+    first = repro_and_push()
+    kept = {f: (f.read_bytes(), f.stat().st_mtime_ns) for split in ("unlabeled", "test")
+            for f in (project / "data" / split).glob("shard-*.safetensors")}
+    photos(tmp_path / "photos", 60, 10)
+    second = repro_and_push()
+    for f, (data, mtime) in kept.items():
+        assert f.read_bytes() == data and f.stat().st_mtime_ns == mtime, f
+    grown = {f for split in ("unlabeled", "test") for f in (project / "data" / split).glob("shard-*.safetensors")}
+    assert grown > set(kept)  # new shards beside the old ones
+    assert second < first, (first, second)
