@@ -14,14 +14,6 @@ from prefine.params import FinetuneParams, ParamsError, parse
 from prefine.training import auto
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_folds_are_disjoint_cover_every_row_and_hold_out_every_class() -> None:
     labels = torch.tensor([0] * 7 + [1] * 5 + [2] * 3)
     held_out = auto.folds(labels, 3, seed=0)

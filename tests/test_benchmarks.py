@@ -6,21 +6,9 @@ import sys
 import typing
 from pathlib import Path
 
-import pytest
-import torch
-
 from prefine.params import PretrainParams
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_methods.py"
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny batches gain nothing from threads, and on a busy machine their spinning costs seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_gpu_methods_runs_every_method_on_the_cpu(tmp_path, capsys, monkeypatch, one_thread):
