@@ -4,7 +4,9 @@ one real Prefect server for the whole session."""
 from __future__ import annotations
 
 import gzip
+import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -92,3 +94,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _log_streams_outlive_the_test():
+    """A CLI run in-process (typer's CliRunner) sets Prefect's console handlers up on its own
+    streams, which close when it returns; a later log line would then fail, and a flow that logs
+    its prints would recurse on the failure. Point any handler left on a closed stream at stderr."""
+    yield
+    loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger))]
+    for handler in (h for logger in loggers for h in logger.handlers):
+        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+            handler.stream = sys.stderr  # not setStream(): it flushes the closed stream first
+            if console := getattr(handler, "console", None):  # Prefect's handler writes through rich
+                console.file = sys.stderr
+

@@ -125,7 +125,7 @@ def test_switching_profile_reports_exactly_the_stages_whose_values_change(repo):
 
 @pytest.mark.parametrize("module,stages", [
     ("prefine/models/weights.py", {"pretrain", "checkpoint", "finetune", "evaluate", "visualize"}),
-    ("prefine/evaluate/probe.py", {"checkpoint", "evaluate", "visualize"}),
+    ("prefine/evaluate/probe.py", {"checkpoint", "finetune", "evaluate", "visualize"}),  # finetune: via auto
     ("prefine/data/store.py", {"ingest", "pretrain", "checkpoint", "finetune", "evaluate", "visualize"}),
 ])
 def test_editing_a_module_a_stage_imports_makes_dvc_see_that_stage(repo, module, stages):
