@@ -1,7 +1,7 @@
 """`finetune.strategy: auto` against every fixed recipe it considers, on the test split.
 
-In a project after `dvc repro` (its encoder, data/labeled and data/test): for each label budget
-and seed, a stratified seeded subset of data/labeled is fine-tuned with every recipe of
+In a project after `dvc repro` (its encoder and params): for each label budget and seed, the
+labeled subset ingest would pick (Pools.labeled) is fine-tuned with every recipe of
 prefine.training.auto.GRID at the project's finetune params, and auto chooses one of them by
 cross-validation on that subset alone. Auto's final model is the chosen recipe's fixed run (the
 same seeded call), so its test accuracy is read from that row. Usage:
@@ -24,19 +24,10 @@ sys.path.insert(0, str(ROOT))
 
 from prefine import params as params_mod  # noqa: E402
 from prefine import paths  # noqa: E402
-from prefine.data.store import ImageSet, read_split  # noqa: E402
+from prefine.data.ingest import read_pools  # noqa: E402
 from prefine.evaluate.metrics import predict  # noqa: E402
 from prefine.training import auto, finetuning  # noqa: E402
 from prefine.training import device as devices  # noqa: E402
-
-
-def subset(labeled: ImageSet, per_class: int, seed: int) -> ImageSet:
-    """`per_class` images of every class, drawn with `seed`."""
-    gen = torch.Generator().manual_seed(seed)
-    rows = torch.cat([(labeled.labels == c).nonzero().flatten()[torch.randperm(int((labeled.labels == c).sum()),
-                                                                               generator=gen)[:per_class]]
-                      for c in range(len(labeled.classes))])
-    return ImageSet(labeled.images[rows], labeled.labels[rows], labeled.classes)
 
 
 def main() -> None:
@@ -46,15 +37,17 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     args = parser.parse_args()
     os.chdir(args.project)
-    p = params_mod.load().finetune.model_copy(update={"strategy": "auto"})
-    labeled, test = read_split(paths.LABELED_DIR), read_split(paths.TEST_DIR)
+    params = params_mod.load()
+    p = params.finetune.model_copy(update={"strategy": "auto"})
+    pools = read_pools(params.ingest)
+    test = pools.images(pools.test)
     device = devices.pick()
     print(f"finetune steps {p.steps}, batch {p.batch_size}, {p.auto_folds} folds, budget {p.auto_budget}x; "
           f"test {len(test)} images")
     print(f"{'labels/class':>12} {'seed':>4}  {'recipe':<42} {'test acc':>8} {'seconds':>8}")
     for budget in map(int, args.budgets.split(",")):
         for seed in map(int, args.seeds.split(",")):
-            data = subset(labeled, budget, seed)
+            data = pools.images(pools.labeled(budget, seed))
             fixed = {}
             for recipe in auto.GRID:
                 start = time.perf_counter()

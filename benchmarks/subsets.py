@@ -21,12 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flows.study import load_params  # noqa: E402
+from prefine import paths  # noqa: E402
 from prefine.data.ingest import read_pools  # noqa: E402
 from prefine.data.store import read_split  # noqa: E402
 from prefine.evaluate.study import fine_tune_and_score  # noqa: E402
 from prefine.models import weights  # noqa: E402
-from tasks.checkpoint import ENCODER  # noqa: E402
-from tasks.pretrain import UNLABELED  # noqa: E402
+from prefine.training.finetuning import SCRATCH  # noqa: E402
 
 
 def main() -> None:
@@ -38,18 +38,18 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.repo, None, args.overrides)
     p = params.finetune
-    encoder = args.repo / ENCODER
+    encoder = args.repo / paths.ENCODER_FILE
     spec = weights.load(encoder)[1]["spec"]
     pools = read_pools(params.ingest)
     test = pools.images(pools.test)
-    unlabeled = read_split(args.repo / UNLABELED) if p.strategy == "semisup" else None
+    unlabeled = read_split(args.repo / paths.UNLABELED_DIR) if p.strategy == "semisup" else None
     print(f"{args.budget} labels/class, {p.strategy}, {p.steps} steps, encoder {encoder}")
     gains = []
     for seed in map(int, args.seeds.split(",")):
         labeled = pools.images(pools.labeled(args.budget, seed))
         start = time.perf_counter()
-        pre = fine_tune_and_score(encoder, labeled, test, p, seed, unlabeled)["accuracy"]
-        scratch = fine_tune_and_score(spec, labeled, test, p, seed, unlabeled)["accuracy"]
+        pre = fine_tune_and_score(p.strategy, encoder, labeled, test, p, seed, unlabeled)["accuracy"]
+        scratch = fine_tune_and_score(SCRATCH, spec, labeled, test, p, seed, unlabeled)["accuracy"]
         gains.append(pre - scratch)
         print(f"seed {seed}: pretrained {pre:.4f}  scratch {scratch:.4f}  gain {pre - scratch:+.4f}"
               f"  ({time.perf_counter() - start:.0f} s)", flush=True)

@@ -76,12 +76,12 @@ def choose(encoder: Path, labeled: ImageSet, p: FinetuneParams, seed: int, devic
                                            "in some class: too few to cross-validate; full fine-tuning"}
     cv_steps = max(1, round(p.steps * p.auto_budget / (len(GRID) * k)))
     held_out = folds(labeled.labels, k, seed)
+    splits = [(_subset(labeled, torch.cat([rows for g, rows in enumerate(held_out) if g != f])),
+               _subset(labeled, test_rows)) for f, test_rows in enumerate(held_out)]  # read once, fitted 5x
     scores = {}
     for recipe in GRID:
         accuracy = []
-        for f, test_rows in enumerate(held_out):
-            train_rows = torch.cat([rows for g, rows in enumerate(held_out) if g != f])
-            train, test = _subset(labeled, train_rows), _subset(labeled, test_rows)
+        for train, test in splits:
             q = recipe.params(p, cv_steps)
             model = finetuning.start(recipe.strategy, encoder, len(labeled.classes), seed, q.unfreeze, init)
             finetuning.train(model, train, q, recipe.strategy, seed, device)
