@@ -5,11 +5,12 @@ the S3 DVC remote, a bare git origin, `process` workers).
    deployment run on an idle one-worker pool (fresh clone, pull, push): both wall times, and the
    remote pieces timed alone on the local run's outputs: `git clone --depth 1`, `dvc push
    --run-cache` to an empty prefix, `dvc pull --run-cache` into a fresh clone.
-2. `--runs` runs (the test config: quick with ingest.limit=600, 10 fine-tuning steps, 1
-   pretraining epoch; one finetune.lr each) on one worker, then on two: the wall time of all.
-   Both workers are on this host, so their training stages share its one GPU slot.
+2. A 4-cell label-budget study (STUDY, on the test config TINY: quick with ingest.limit=600, 10
+   fine-tuning steps, 1 pretraining epoch), started from a clone of a fresh origin by this
+   process: its cells in clones here, then as deployment runs on one worker, then on two. Both
+   workers are on this host, so their training stages share its one GPU slot.
 
-    .venv/bin/python benchmarks/fleet.py [--runs 4] [--data /usr/share/datasets/fashion-mnist]
+    .venv/bin/python benchmarks/fleet.py [--data /usr/share/datasets/fashion-mnist]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,10 +31,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from fleet_parts import (  # noqa: E402
     IDENTITY, KEYS, PREFINE, Storage, deploy, make_origin, prefect_server, run_all, seaweedfs, workers,
 )
+from prefect.settings import PREFECT_API_URL, temporary_settings  # noqa: E402
 from projects import dvc, git, make_project  # noqa: E402
 
+from flows.study import label_budget_study  # noqa: E402
+
 TINY = ["ingest.limit=600", "finetune.steps=10", "pretrain.epochs=1"]
-LRS = (0.003, 0.002, 0.001, 0.0005, 0.004, 0.0015)
+STUDY = ["study.methods=[autoencoder, simclr]", "study.budgets=[1, 2]", "study.seeds=[0]"]
 
 
 def timed(action: Callable[[], object]) -> float:
@@ -74,38 +79,49 @@ def remote_pieces(checkout: Path, base: Path, storage: Storage, env: dict[str, s
     }
 
 
-def pool_wall(base: Path, data: Path, storage: Storage, env: dict[str, str], runs: list[dict],
-              count: int, overrides: list[str], name: str) -> float:
-    """Wall time of `runs` as deployment runs on a fresh origin and remote prefix, with `count`
-    workers on a pool of their own."""
-    origin = make_origin(base, data, storage, f"{storage.bucket('prefine-bench')}/{name}", overrides)
-    deploy(env, name, origin)
-    with workers(env, name, base, count):
-        return timed(lambda: run_all(env, runs, timeout=3600))
+def study_wall(base: Path, data: Path, storage: Storage, env: dict[str, str], count: int, name: str) -> float:
+    """Wall time of the STUDY from a clone of a fresh origin and remote prefix: with `count`
+    workers on a pool of their own, or with none, its cells in clones here."""
+    origin = make_origin(base, data, storage, f"{storage.bucket('prefine-bench')}/{name}", TINY)
+    clone = base / "study"
+    git(base, "clone", "-q", origin.url, str(clone))
+    with ExitStack() as stack, temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        if count:
+            deploy(env, name, origin)
+            stack.enter_context(workers(env, name, base, count))
+        deployment = "training/prefine-training" if count else None
+        return timed(lambda: label_budget_study(repo=str(clone), overrides=STUDY, deployment=deployment))
+
+
+def one_run_wall(base: Path, data: Path, storage: Storage, env: dict[str, str]) -> float:
+    """Wall time of one unregistered deployment run on an idle one-worker pool of its own."""
+    origin = make_origin(base, data, storage, f"{storage.bucket('prefine-bench')}/one", [])
+    deploy(env, "one", origin)
+    with workers(env, "one", base, 1):
+        return timed(lambda: run_all(env, [{"register_model": False}], timeout=3600))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
-    parser.add_argument("--runs", type=int, default=4, choices=range(1, len(LRS) + 1))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="prefine-fleet-bench-") as tmp:
-        folders = {name: Path(tmp) / name for name in ("prefect", "s3", "local", "one", "pool-1", "pool-2")}
+        folders = {name: Path(tmp) / name for name in ("prefect", "s3", "local", "one", "here", "pool-1", "pool-2")}
         for folder in folders.values():
             folder.mkdir()
         with prefect_server(folders["prefect"]) as api, seaweedfs(folders["s3"]) as storage:
             env = {**api, **KEYS, **IDENTITY, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+            os.environ.update(env)  # the study runs in this process; its cells' stages inherit this
             checkout, local_s = local_run(folders["local"], args.data, env)
-            remote_s = pool_wall(folders["one"], args.data, storage, env, [{"register_model": False}], 1, [], "one")
+            remote_s = one_run_wall(folders["one"], args.data, storage, env)
             pieces = remote_pieces(checkout, folders["local"], storage, env)
-            runs = [{"overrides": [f"finetune.lr={lr}"], "register_model": False} for lr in LRS[:args.runs]]
-            walls = {count: pool_wall(folders[f"pool-{count}"], args.data, storage, env, runs, count, TINY,
-                                      f"pool-{count}") for count in (1, 2)}
+            walls = {count: study_wall(folders[f"pool-{count}" if count else "here"], args.data, storage, env, count,
+                                       f"pool-{count}") for count in (0, 1, 2)}
     print(f"quick profile, one run: local {local_s:.1f} s; deployment run on a worker {remote_s:.1f} s "
           f"(+{remote_s - local_s:.1f} s, {remote_s / local_s:.2f}x)")
     print("remote steps alone on that run's outputs: " + ", ".join(f"{k} {v:.1f} s" for k, v in pieces.items()))
-    print(f"{args.runs} runs (quick, {', '.join(TINY)}): 1 worker {walls[1]:.1f} s, 2 workers {walls[2]:.1f} s "
-          f"({walls[1] / walls[2]:.2f}x)")
+    print(f"4-cell study ({', '.join(STUDY)}; {', '.join(TINY)}): cells here {walls[0]:.1f} s, "
+          f"1 worker {walls[1]:.1f} s, 2 workers {walls[2]:.1f} s ({walls[1] / walls[2]:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -24,9 +24,25 @@ from flows.study import load_params  # noqa: E402
 from prefine import paths  # noqa: E402
 from prefine.data.ingest import read_pools  # noqa: E402
 from prefine.data.store import read_split  # noqa: E402
-from prefine.evaluate.study import fine_tune_and_score  # noqa: E402
+from prefine.data.store import ImageSet  # noqa: E402
+from prefine.evaluate.metrics import predict, scores  # noqa: E402
 from prefine.models import weights  # noqa: E402
+from prefine.models.nets import EncoderSpec  # noqa: E402
+from prefine.params import FinetuneParams  # noqa: E402
+from prefine.training import device as devices  # noqa: E402
+from prefine.training import finetuning  # noqa: E402
 from prefine.training.finetuning import SCRATCH  # noqa: E402
+
+
+def fine_tune_and_score(strategy: str, encoder: Path | EncoderSpec, labeled: ImageSet, test: ImageSet,
+                        p: FinetuneParams, seed: int, unlabeled: ImageSet | None) -> dict[str, float]:
+    """Fine-tune the encoder with `strategy`, or its architecture from scratch (SCRATCH; finetuning.start
+    pairs the two inits), on `labeled`; score on `test`."""
+    model = finetuning.start(strategy, encoder, len(labeled.classes), seed, p.unfreeze)
+    device = devices.pick()
+    finetuning.train(model, labeled, p, strategy=strategy, seed=seed, device=device, unlabeled=unlabeled)
+    result = scores(test.labels, predict(model, test.images, device), test.classes)
+    return {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"]}
 
 
 def main() -> None:

@@ -236,14 +236,19 @@ def study(
     profile: Profile = None,
     set_: Overrides = None,
     name: Annotated[Optional[str], typer.Option(help="Report folder under study.out (default: from the settings).")] = None,
+    deployment: Annotated[Optional[str], typer.Option(
+        help="Run the cells as flow runs of this deployment on its work pool, e.g. training/prefine-training "
+             "(default: one after the other here).")] = None,
 ) -> None:
-    """Run the label-budget study (params.yaml `study:`) as a Prefect flow; writes reports/.
+    """Run the label-budget study (params.yaml `study:`) as a Prefect flow: each cell (method,
+    budget, seed) a run of the pipeline kept as a DVC experiment of HEAD; writes reports/.
     --profile and -S apply to this run only: params.yaml is left as it is."""
     from flows.study import StudyFailed, label_budget_study
 
     _project(repo)
     try:
-        summary = _run_flow(repo, lambda: label_budget_study(repo=str(repo.resolve()), profile=profile, overrides=set_, name=name))
+        summary = _run_flow(repo, lambda: label_budget_study(repo=str(repo.resolve()), profile=profile, overrides=set_,
+                                                             name=name, deployment=deployment))
     except StudyFailed as exc:
         _fail(str(exc), 1)
     console.print(summary)

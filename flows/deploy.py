@@ -5,10 +5,16 @@ whichever worker takes it (`prefine deploy`; docs/fleet.md)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from prefect import flow, get_client
+from prefect.automations import Automation
 from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ChangeFlowRunState
+from prefect.events.schemas.automations import EventTrigger, Posture
+from prefect.events.schemas.events import ResourceSpecification
 from prefect.exceptions import ObjectNotFound
 from prefect.runner.storage import GitRepository
 from prefect.settings import PREFECT_API_URL
@@ -31,8 +37,16 @@ POOL = "prefine"
 FLEET = (
     ("flows/training.py:training", "prefine-training", {"sync": True}),
     ("flows/retrain.py:retrain", DEPLOYMENT, {"sync": True}),
-    ("flows/study.py:label_budget_study", "prefine-study", {}),
+    ("flows/study.py:label_budget_study", "prefine-study", {"deployment": "training/prefine-training"}),
 )
+
+
+# A deployment's flow runs send a heartbeat this often; one silent for UNRESPONSIVE_S (its host
+# died: kill -9, a lost machine) is marked Crashed by the ZOMBIES automation, so what waits on it
+# (a study's cell) sees it end and runs it again elsewhere.
+HEARTBEAT_S = 30  # Prefect's minimum
+UNRESPONSIVE_S = 90
+ZOMBIES = "prefine: crash unresponsive flow runs"
 
 
 class DeployFailed(PrefineError):
@@ -61,6 +75,7 @@ def deploy(origin: str, pool: str = POOL, branch: str | None = None, cron: str |
     if not PREFECT_API_URL.value():
         raise DeployFailed("no Prefect server configured: prefect config set PREFECT_API_URL=http://<server>:4200/api")
     ensure_pool(pool)
+    ensure_zombie_automation()
     source = GitRepository(url=origin, branch=branch)
     names = []
     for entrypoint, name, parameters in FLEET:
@@ -69,6 +84,33 @@ def deploy(origin: str, pool: str = POOL, branch: str | None = None, cron: str |
         except RuntimeError as exc:  # git's own message, on lines of its own
             raise DeployFailed(f"cannot clone {origin}: {' '.join(str(exc).split())}") from None
         loaded.deploy(name, work_pool_name=pool, cron=cron if name == DEPLOYMENT else None, parameters=parameters,
+                      job_variables={"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}},
                       build=False, push=False, print_next_steps=False, ignore_warnings=True)
         names.append(f"{loaded.name}/{name}")
     return names
+
+
+def ensure_zombie_automation() -> None:
+    """Create the ZOMBIES automation unless the server has it (Prefect's recipe for flow runs
+    whose process died without a word: docs.prefect.io, "detect zombie flows")."""
+    try:
+        Automation.read(name=ZOMBIES)
+        return
+    except ValueError:  # not there yet
+        pass
+    Automation(
+        name=ZOMBIES,
+        description="A flow run silent for 90 s (no heartbeat, no final state) is marked Crashed",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=UNRESPONSIVE_S),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"no heartbeat for {UNRESPONSIVE_S} s: its process or host died")],
+    ).create()

@@ -1,70 +1,46 @@
 """The `label-budget-study` flow: which pretraining method pays off at which label budget.
 
-study.methods x study.budgets x study.seeds (params.yaml `study:`), each against the same budget
-trained from scratch. It runs in this process, without DVC: the study measures the pipeline, it
-is not a stage of it. Per (method, seed) a task pretrains an encoder; per (method or scratch,
-budget, seed) a task fine-tunes and tests; each holds a GPU slot of its host (flows/gpu.py), so
-as many run at once as the host has GPUs. Encoders and finished runs are kept in <out>/.study-work under names
-that say what made them, so a rerun (after a crash, or with one more seed) does only what is
-missing.
+Every cell (method, budget, seed) of study.methods x study.budgets x study.seeds is a run of the
+one DAG, dvc.yaml, through the `training` flow, with the overrides that make it (as `dvc exp run
+-S` would), kept as a DVC experiment of the study's commit (flows/experiments.py). The evaluate
+stage scores the pretrained model, its scratch twin and the trivial baselines on the same
+labeled subset, so the report is read from the experiments' metrics; there is no other way to
+train.
+
+Where the cells run: with `deployment` (what `prefine deploy`'s study deployment passes), each is
+a flow run of that deployment on its work pool (`run_deployment`), in a fresh clone on whichever
+worker takes it; else each runs here, one after the other, in a temporary clone of this checkout
+that shares its DVC cache. Cells whose experiment exists are not run again; the cells of one
+(method, seed) wait for the first of them, whose pretraining they then take from DVC's run-cache.
 
 No `from __future__ import annotations` here: Prefect validates deployment-run parameters
 against the real annotations."""
 
-import json
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+import subprocess
+import tempfile
 from pathlib import Path
 
-import torch
 import yaml
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
-from prefect.futures import as_completed
-from prefect.utilities.annotations import quote
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.deployments import run_deployment
+from prefect.futures import PrefectFuture
 
-from flows.gpu import ensure_host_limit, gpu_slot, visible_gpus
+from flows import experiments
+from flows.dvc import run_dvc
+from flows.training import training
 from prefine import fingerprint
 from prefine.atomic import atomic_path
-from prefine.data.ingest import Pools, read_pools
-from prefine.data.store import ImageSet
-from prefine.evaluate import baselines
-from prefine.evaluate.study import (
-    ALL,
-    fine_tune_and_score,
-    per_class,
-    results_table,
-    run_params,
-    write_report,
-)
-from prefine.models import weights
-from prefine.models.nets import EncoderSpec, spec_for
-from prefine.models.objectives import load_pretrained
+from prefine.evaluate.study import Cell, cell_rows, plan, results_table, write_report
 from prefine.params import Params, ParamsError, load, parse, resolve
-from prefine.paths import PARAMS_FILE, PROFILES_FILE
-from prefine.training.finetuning import SCRATCH
-from prefine.training.pretraining import pretrain
+from prefine.paths import EVALUATE_METRICS_FILE, INGEST_METRICS_FILE, PARAMS_FILE, PROFILES_FILE
+from prefine.registry import git
 
-WORK = ".study-work"  # under study.out; gitignored
-BASELINE_ROWS = "baselines"  # the row file holding every trivial baseline of a (budget, seed)
+STUDY_KEY = "study."  # overrides of the study's own section: how the study runs, not what a cell trains
 
 
 class StudyFailed(RuntimeError):
-    """Some runs failed; the finished ones are kept, so a rerun redoes only the rest."""
-
-
-@dataclass
-class StudyData:
-    """What every run shares, read once per flow run: the split source, its unlabeled pool (in
-    memory, and on disk for pretrain()), the test set, and an id of the data for work file names."""
-
-    pools: Pools
-    unlabeled: ImageSet
-    unlabeled_dir: Path
-    test: ImageSet
-    id: str
+    """Some cells failed; the finished ones are kept as experiments, so a rerun redoes only the rest."""
 
 
 def load_params(root: Path, profile: str | None, overrides: list[str] | None) -> Params:
@@ -79,199 +55,138 @@ def load_params(root: Path, profile: str | None, overrides: list[str] | None) ->
     return parse(raw, str(path))
 
 
-@contextmanager
-def device_slot() -> Iterator[None]:
-    """A GPU slot of this host for a run in this process: CUDA_VISIBLE_DEVICES belongs to the
-    process, so the held device becomes this thread's current CUDA device instead."""
-    with gpu_slot() as held:
-        if not held:
-            yield
-            return
-        with torch.cuda.device(visible_gpus().index(held)):
-            yield
+def _cell_run(cell: Cell, profile: str | None, baseline: str) -> dict:
+    """The training flow's parameters for `cell`: never registered, kept as its experiment."""
+    return {"profile": profile, "overrides": list(cell.overrides), "register_model": False,
+            "experiment": cell.name, "revision": baseline}
 
 
-@task(name="read-data", cache_policy=None, persist_result=False)
-def read_data(params: Params, work: Path) -> StudyData:
-    """Read and split the source as ingest does; fail now, not hours in, on a budget it can't fill."""
-    pools = read_pools(params.ingest)
-    pools.labeled(max((b for b in params.study.budgets if b != ALL), default=None), 0, key="study.budgets")
-    pools.require_test()
-    data_id = fingerprint.of(*(rows[["sha", "label"]].values.tolist() for rows in (pools.train, pools.test)))
-    folder = work / f"unlabeled-{data_id[:12]}"
-    if not (folder / "meta.json").is_file():
-        pools.write(folder, "unlabeled", pools.train, keep_labels=False)
-    return StudyData(pools, pools.images(pools.train, keep_labels=False), folder, pools.images(pools.test), data_id)
+def run_here(root: Path, cell: Cell, profile: str | None, baseline: str) -> None:
+    """`cell` in a temporary clone of `root` at `baseline` that uses root's DVC cache (and so its
+    run-cache); the experiment's ref is pushed back to root."""
+    with tempfile.TemporaryDirectory(prefix=f"prefine-{cell.name}-") as tmp:
+        clone = Path(tmp) / "repo"
+        git(Path(tmp), "clone", "-q", "--no-checkout", str(root), str(clone))
+        git(clone, "checkout", "-q", "--detach", baseline)
+        for key in ("user.name", "user.email"):  # the experiment's commit is made as root's committer
+            if value := subprocess.run(["git", "config", key], cwd=root, capture_output=True, text=True).stdout.strip():
+                git(clone, "config", key, value)
+        run_dvc(clone, ["cache", "dir", "--local", str(root / ".dvc" / "cache")], lambda _: None)
+        run_dvc(clone, ["checkout", "--allow-missing", "--quiet"], lambda _: None)  # what root's cache holds
+        training(repo=str(clone), **_cell_run(cell, profile, baseline))
 
 
-def encoder_file(params: Params, method: str, seed: int, data: StudyData, work: Path) -> Path:
-    """Where the encoder of (method, seed) is kept, named by what makes it: params and data."""
-    key = fingerprint.of(run_params(params, seed, method).pretrain.model_dump(), seed, data.id)
-    return work / "pretrain" / f"{method}-seed{seed}-{key[:12]}" / "encoder.safetensors"
+@task(task_run_name="cell-{cell.name}", retries=1, cache_policy=None, persist_result=False)
+def run_there(deployment: str, cell: Cell, profile: str | None, baseline: str) -> None:
+    """`cell` as a flow run of `deployment` on its pool; a run that does not complete fails this
+    task, which is retried once (on whichever worker is alive)."""
+    run = run_deployment(deployment, parameters=_cell_run(cell, profile, baseline), as_subflow=True)
+    if not run.state or not run.state.is_completed():
+        state = run.state.name if run.state else "unknown"
+        raise StudyFailed(f"{cell.name}: flow run {run.name} ended {state}: {run.state and run.state.message}")
 
 
-def scratch_spec(params: Params, data: StudyData) -> EncoderSpec:
-    """The architecture of the study's encoders, which the scratch baseline trains from random init."""
-    p = run_params(params, seed=0).pretrain  # the architecture is the same for every seed
-    return spec_for(p, data.unlabeled.images)
+def _order(cells: list[Cell]) -> list[Cell]:
+    """The first cell of each (method, seed) first: the rest take its pretraining from the run-cache."""
+    firsts = {(c.method, c.seed): c for c in reversed(cells)}
+    return sorted(cells, key=lambda c: firsts[c.method, c.seed] is not c)
 
 
-def row_file(params: Params, method: str, budget: int | str, seed: int, data: StudyData, work: Path) -> Path:
-    """Where a finished run's row is kept, named by what makes it: the budget, seed, fine-tune
-    params and data, and the encoder it starts from (by what makes that), scratch's architecture,
-    or for the baselines the kNN k."""
-    if method == BASELINE_ROWS:
-        origin = params.checkpoint.knn_k
-    elif method == SCRATCH:
-        origin = scratch_spec(params, data)
-    else:
-        origin = encoder_file(params, method, seed, data, work).parent.name
-    key = fingerprint.of(method, budget, seed, run_params(params, seed).finetune.model_dump(), origin, data.id)
-    return work / "runs" / f"{method}-{budget}-seed{seed}-{key[:12]}.json"
-
-
-@task(
-    task_run_name="pretrain-{method}-seed{seed}", retries=1,
-    cache_policy=None, persist_result=False, log_prints=True,
-)
-def pretrain_encoder(params: Params, method: str, seed: int, data: StudyData, encoder: Path) -> Path:
-    """Pretrain `method` with `seed` and export its encoder to `encoder`; the training state is
-    saved every epoch beside it, so a retry (or a rerun after a crash) resumes, not restarts."""
-    run = run_params(params, seed, method)
-    with device_slot():
-        pretrain(run, data.unlabeled_dir, encoder.parent / "state.pt", encoder.parent / "plots")
-    objective, state = load_pretrained(encoder.parent / "state.pt")
-    weights.save(encoder, objective.encoder, {"spec": state["meta"]["spec"], "method": method})
-    return encoder
-
-
-@task(
-    task_run_name="finetune-{method}-{budget}-seed{seed}", retries=1,
-    cache_policy=None, persist_result=False,
-)
-def finetune_run(
-    params: Params, method: str, budget: int | str, seed: int, data: StudyData, encoder: Path | None, row: Path
-) -> dict:
-    """One row of the table: `budget` labels per class drawn with `seed`, fine-tuned from the
-    encoder (from scratch when there is none), tested, and kept in `row`."""
-    labeled = data.pools.images(data.pools.labeled(per_class(budget), seed, key="study.budgets"))
-    with device_slot():
-        start = time.perf_counter()
-        p = run_params(params, seed).finetune
-        scored = fine_tune_and_score(
-            SCRATCH if encoder is None else p.strategy, encoder or scratch_spec(params, data), labeled, data.test, p, seed,
-            data.unlabeled,
-        )
-        wall_s = round(time.perf_counter() - start, 1)
-    result = {"method": method, "labels_per_class": budget, "seed": seed, "labeled": len(labeled), **scored,
-              "wall_s": wall_s}
-    with atomic_path(row) as tmp:
-        tmp.write_text(json.dumps(result) + "\n")
-    return result
-
-
-@task(task_run_name="baselines-{budget}-seed{seed}", cache_policy=None, persist_result=False)
-def baseline_run(params: Params, budget: int | str, seed: int, data: StudyData, row: Path) -> list[dict]:
-    """The trivial baselines (pixel and PCA logistic regression and kNN) on exactly the labeled
-    subset the networks of (budget, seed) get: rows of the same table, kept in `row`."""
-    labeled = data.pools.images(data.pools.labeled(per_class(budget), seed, key="study.budgets"))
-    scored = baselines.evaluate(labeled, data.test, data.unlabeled.images, params.checkpoint.knn_k)
-    result = [{"method": name, "labels_per_class": budget, "seed": seed, "labeled": len(labeled),
-               "accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "wall_s": r["seconds"]} for name, r in scored.items()]
-    with atomic_path(row) as tmp:
-        tmp.write_text(json.dumps(result) + "\n")
-    return result
-
-
-def settings(params: Params, data: StudyData) -> dict:
-    """What makes a study's numbers: its section, the sections its runs resolve from, the data."""
-    run = run_params(params, seed=0)
-    return {"study": params.study.model_dump(), "ingest": params.ingest.model_dump(),
-            "pretrain": run.pretrain.model_dump(), "finetune": run.finetune.model_dump(),
-            "knn_k": params.checkpoint.knn_k, "data": data.id}
+def _dirty(root: Path) -> str:
+    return git(root, "status", "--porcelain", "--untracked-files=no").strip()
 
 
 @task(name="write-report", cache_policy=None, persist_result=False)
 def report(rows: list[dict], out: Path, classes: int, made_by: dict) -> dict[str, Path]:
     """The CSV, markdown and plot in the study's own folder `out`, with settings.yaml saying what
-    made them, and the markdown as an artifact of the run."""
-    paths = write_report(results_table(rows), out, classes)
+    made them; the markdown and every row as artifacts of the run (on a worker, the folder is in
+    the run's temporary clone)."""
+    table = results_table(rows)
+    paths = write_report(table, out, classes)
     with atomic_path(out / "settings.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(made_by, sort_keys=False))
     paths["settings"] = out / "settings.yaml"
     create_markdown_artifact(
         paths["md"].read_text(), key="label-budget-study", description="Test metrics per method and label budget"
     )
+    create_table_artifact(table.to_dict("records"), key="label-budget-study-runs",
+                          description="Every row of the study: a method, budget and seed each")
     return paths
 
 
 @flow(name="label-budget-study")
 def label_budget_study(
-    repo: str = ".", profile: str | None = None, overrides: list[str] | None = None, name: str | None = None
+    repo: str = ".",
+    profile: str | None = None,
+    overrides: list[str] | None = None,
+    name: str | None = None,
+    deployment: str | None = None,
 ) -> dict:
-    """Pretrain every method per seed, fine-tune it and scratch at every budget, test, report.
-    `overrides` are `key.path=value`, as `dvc exp run -S`, applied to this run only. The report
-    goes to <study.out>/<name> (default: study-<id of its settings>), so no study overwrites
-    another's numbers."""
+    """Run every cell not run before, then report from the cells' experiments. `overrides` are
+    `key.path=value`, as `dvc exp run -S`, for this study only. `deployment` (e.g.
+    "training/prefine-training"): run the cells on its work pool. The report goes to
+    <study.out>/<name> (default: study-<id of its settings>), so no study overwrites another's."""
     root = Path(repo).resolve()
     params = load_params(root, profile, overrides)
-    study = params.study
-    if {**params.finetune.model_dump(), **study.finetune}["strategy"] == "auto":
+    if {**params.finetune.model_dump(), **params.study.finetune}["strategy"] == "auto":
         raise ParamsError("finetune.strategy auto is the pipeline's choice; the study compares fixed strategies: "
                           "set study.finetune.strategy to linear, partial, full or semisup")
-    out = root / study.out
-    work = out / WORK
     logger = get_run_logger()
-    slots = ensure_host_limit()
-    data = read_data(params, work)
-    shared = quote(data)  # large: Prefect must not walk it looking for futures
-    encoders: dict = {}  # (method, seed) -> the kept encoder file, or the future of its pretraining
-
-    def encoder_for(method: str, seed: int):
-        """Pretrain only what some unfinished run needs and no earlier run of the study kept."""
-        if method == SCRATCH:
-            return None
-        if (method, seed) not in encoders:
-            kept = encoder_file(params, method, seed, data, work)
-            if not kept.is_file():
-                kept = pretrain_encoder.submit(params, method, seed, shared, kept)
-            encoders[method, seed] = kept
-        return encoders[method, seed]
-
-    rows, runs = [], {}
-    for seed in study.seeds:
-        for budget in study.budgets:
-            row = row_file(params, BASELINE_ROWS, budget, seed, data, work)
-            if row.is_file():
-                rows.extend(json.loads(row.read_text()))
-            else:
-                rows.extend(baseline_run(params, budget, seed, shared, row))
-            for method in (*study.methods, SCRATCH):
-                row = row_file(params, method, budget, seed, data, work)
-                if row.is_file():  # finished by an earlier run of the study
-                    rows.append(json.loads(row.read_text()))
-                    continue
-                future = finetune_run.submit(params, method, budget, seed, shared, encoder_for(method, seed), row)
-                runs[future] = (method, budget, seed)
-    pretrainings = sum(not isinstance(e, Path) for e in encoders.values())
-    logger.info("%d runs kept from earlier; to do: %d pretrainings and %d runs, %d at a time (gpu slots)",
-                len(rows), pretrainings, len(runs), slots)
-    failed = []
-    for done, future in enumerate(as_completed(list(runs)), 1):
-        method, budget, seed = runs[future]
-        try:  # the result, not a state read right after completion (the server may lag behind it)
-            row = future.result()
-        except Exception as exc:  # noqa: BLE001 - any failed run is reported and kept out of the table
-            failed.append(f"{method} {budget}/class seed {seed}")
-            logger.error("%d/%d %s, %s labels/class, seed %d: %s", done, len(runs), method, budget, seed, exc)
-            continue
-        rows.append(row)
-        logger.info("%d/%d %s, %s labels/class, seed %d: accuracy %.4f, macro-F1 %.4f (%.1f s)", done, len(runs),
-                    method, budget, seed, row["accuracy"], row["macro_f1"], row["wall_s"])
+    baseline = experiments.head(root)
+    if dirty := _dirty(root):
+        logger.warning("the cells run commit %s; these uncommitted changes are not in them:\n%s", baseline[:8], dirty)
+    cells = plan(params, profile, [o for o in overrides or [] if not o.startswith(STUDY_KEY)])
+    if deployment:
+        experiments.fetch(root)
+    todo = _order([c for c in cells if experiments.read(root, baseline, c.name, EVALUATE_METRICS_FILE) is None])
+    logger.info("%d cells, %d kept from earlier runs of commit %s; to run: %d (%s)", len(cells),
+                len(cells) - len(todo), baseline[:8], len(todo), f"on {deployment}" if deployment else "here")
+    failed = _run(root, todo, profile, baseline, deployment)
     if failed:
-        raise StudyFailed(f"{len(failed)} of {len(runs)} runs failed ({'; '.join(failed)}); the finished ones are "
-                          f"kept in {work}: run the study again to redo only the rest")
-    made_by = settings(params, data)
-    folder = out / (name or f"study-{fingerprint.of(made_by)[:8]}")
-    paths = report(rows, folder, len(data.test.classes), made_by)
-    return {"runs": len(rows), **{kind: str(path) for kind, path in paths.items()}}
+        raise StudyFailed(f"{len(failed)} of {len(todo)} cells failed ({'; '.join(failed)}); the finished ones are "
+                          f"kept as experiments of commit {baseline[:8]}: run the study again to redo only the rest")
+    if deployment:
+        experiments.fetch(root)
+    rows, shared, classes = [], set(), 0
+    for cell in cells:
+        metrics = experiments.read(root, baseline, cell.name, EVALUATE_METRICS_FILE)
+        counts = experiments.read(root, baseline, cell.name, INGEST_METRICS_FILE)
+        rows.extend(cell_rows(cell, metrics, counts, (cell.budget, cell.seed) not in shared))
+        shared.add((cell.budget, cell.seed))
+        classes = len(metrics["classes"])
+    made_by = {"study": params.study.model_dump(), "commit": baseline, "profile": profile,
+               "cells": {c.name: list(c.overrides) for c in cells}}
+    folder = root / params.study.out / (name or f"study-{fingerprint.of(made_by)[:8]}")
+    paths = report(rows, folder, classes, made_by)
+    return {"runs": len(rows), "cells": len(cells), "ran": len(todo),
+            **{kind: str(path) for kind, path in paths.items()}}
+
+
+def _run(root: Path, todo: list[Cell], profile: str | None, baseline: str, deployment: str | None) -> list[str]:
+    """Run the cells (the first of each method and seed before the rest); the names of those that failed."""
+    logger = get_run_logger()
+    failed: list[str] = []
+    if deployment is None:
+        for done, cell in enumerate(todo, 1):
+            try:
+                run_here(root, cell, profile, baseline)
+            except Exception as exc:  # noqa: BLE001 - reported, kept out of the table
+                failed.append(cell.name)
+                logger.error("%d/%d %s failed: %s", done, len(todo), cell.name, exc)
+                continue
+            logger.info("%d/%d %s done", done, len(todo), cell.name)
+        return failed
+    firsts: dict[tuple, PrefectFuture] = {}
+    futures = {}
+    for cell in todo:
+        first = firsts.get((cell.method, cell.seed))
+        future = run_there.submit(deployment, cell, profile, baseline, wait_for=[first] if first else None)
+        firsts.setdefault((cell.method, cell.seed), future)
+        futures[cell.name] = future
+    for cell_name, future in futures.items():
+        try:
+            future.result()
+        except Exception as exc:  # noqa: BLE001 - reported, kept out of the table
+            failed.append(cell_name)
+            logger.error("%s failed: %s", cell_name, exc)
+    return failed

@@ -13,7 +13,7 @@ import yaml
 from prefect import flow, get_run_logger
 from prefect.states import State
 
-from flows import fleet
+from flows import experiments, fleet
 from flows import overrides as params_overrides
 from flows.dvc import Snapshot, refresh_inputs, run_lock, stages_of, status
 from flows.gpu import gpu_slot
@@ -46,14 +46,17 @@ def profiles(root: Path) -> list[str]:
 
 
 def conclude(root: Path, summary: dict, register_model: bool | None, registry: RegistryParams | None,
-             sync: bool) -> State:
-    """Register the trained model unless `skip_reason` says not to (`sync`: to the git origin
-    too), then tag the flow run and complete it with the outcome as its message and `summary` as
-    its result."""
+             sync: bool, experiment: str | None = None) -> State:
+    """Keep the run as DVC experiment `experiment`, or register the trained model unless
+    `skip_reason` says not to (`sync`: to the git origin too), then tag the flow run and complete
+    it with the outcome as its message and `summary` as its result."""
     params = load(root / PARAMS_FILE)
     summary["profiles"] = profiles(root)
     skipped = skip_reason(register_model, params)
-    if skipped:
+    if experiment:
+        summary.update(registered=False, reason=f"kept as experiment {experiment}",
+                       experiment=experiments.save(root, experiment, get_run_logger().info))
+    elif skipped:
         get_run_logger().info("not registered: %s", skipped)
         summary.update(registered=False, reason=skipped)
     else:
@@ -74,14 +77,22 @@ def training(
     retry_delay: float = 5.0,
     retry_jitter: float | None = 0.5,
     sync: bool = False,
+    experiment: str | None = None,
+    revision: str | None = None,
 ) -> State:
     """Run the pipeline stage by stage; `overrides` are `key.path=value` like `dvc exp run -S`,
     `registry` replaces params.yaml's `registry:` section. Training stages retry and resume.
     `register_model`: None registers unless smoke run, True always, False never. `sync` (a run in
     a fresh clone on a worker): pull from and push to the DVC remote `registry.remote`, run-cache
     included, and register to the git origin (flows/fleet.py). Calling the flow returns the
-    summary dict (the state's data)."""
+    summary dict (the state's data). `experiment`: keep the run as that DVC experiment of
+    `revision` (checked out first; default HEAD) and push its ref to the git origin instead of
+    registering (a study's cell, flows/study.py)."""
     root = Path(repo).resolve()
+    if experiment:
+        experiments.check_name(experiment)
+    if revision:
+        experiments.checkout(root, revision)
     with run_lock(root):  # a second run in this checkout waits, then trains what it asked for
         before = Snapshot.take(root)
         try:
@@ -90,7 +101,7 @@ def training(
             before.restore()  # a failed run leaves params.yaml, dvc.lock and the outputs as they were
             raise
         before.discard()
-        return conclude(root, summary, register_model, registry, sync)
+        return conclude(root, summary, register_model, registry, sync, experiment)
 
 
 def reproduce(

@@ -66,7 +66,7 @@ class CheckpointParams(_Section):
 
 
 class FinetuneParams(_Section):
-    labels_per_class: int = Field(100, ge=1)
+    labels_per_class: Annotated[int, Field(ge=1)] | Literal["all"] = 100  # all: every labeled training image
     strategy: Literal["linear", "partial", "full", "semisup", "auto"] = "full"
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(64, ge=2)
@@ -141,7 +141,7 @@ class StudyParams(_Section):
     methods: list[str] = Field(["autoencoder", "denoising", "simclr", "vicreg", "gan"], min_length=1)
     budgets: list[Annotated[int, Field(ge=1)] | Literal["all"]] = Field([1, 5, 10, 50, 100, "all"], min_length=1)
     seeds: list[Annotated[int, Field(ge=0)]] = Field([0, 1, 2], min_length=1)
-    out: str = "reports"  # the table, markdown and plot; work files in <out>/.study-work
+    out: str = "reports"  # the table, markdown and plot (the cells are DVC experiments)
     pretrain: dict[str, Any] = {}  # overrides of the (profile-resolved) pretrain section
     finetune: dict[str, Any] = {}  # overrides of the (profile-resolved) finetune section
 

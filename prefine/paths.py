@@ -18,7 +18,10 @@ LABELED_DIR = DATA_DIR / "labeled"
 TEST_DIR = DATA_DIR / "test"
 
 MODELS_DIR = Path("models")
-PRETRAIN_STATE_FILE = MODELS_DIR / "pretrain" / "state.pt"
+PRETRAIN_STATE_FILE = MODELS_DIR / "pretrain" / "state.pt"  # the stage's output: the finished state
+# where pretraining saves while it runs (not a DVC output, so DVC never deletes it before a rerun):
+# a crashed run resumes from it, and the output above stays run-cacheable (DVC skips persist outputs)
+PRETRAIN_RESUME_FILE = MODELS_DIR / ".pretrain-resume" / "state.pt"
 ENCODER_FILE = MODELS_DIR / "encoder.safetensors"
 ENCODER_CARD_FILE = MODELS_DIR / "encoder.card.json"
 CLASSIFIER_FILE = MODELS_DIR / "classifier.safetensors"

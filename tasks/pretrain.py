@@ -1,9 +1,15 @@
 """pretrain stage: train the encoder without labels on data/unlabeled, streamed from disk;
-resumable after each epoch, or at the exact batch with pretrain.save_every."""
+resumable after each epoch, or at the exact batch with pretrain.save_every. It trains in
+paths.PRETRAIN_RESUME_FILE and copies the finished state to its output, so that a rerun after a
+crash resumes and the output, not being `persist`, is in DVC's run-cache (a study's cells that
+share a method and seed pretrain once)."""
 
 from __future__ import annotations
 
-from prefine import paths
+import shutil
+
+from prefine import distributed, paths
+from prefine.atomic import atomic_path
 from prefine.params import Params
 from prefine.training.launch import data_parallel
 from prefine.training.pretraining import pretrain
@@ -11,7 +17,10 @@ from tasks.stage import run_stage
 
 
 def _body(params: Params) -> None:
-    pretrain(params, paths.UNLABELED_DIR, paths.PRETRAIN_STATE_FILE, paths.PRETRAIN_PLOTS_DIR)
+    pretrain(params, paths.UNLABELED_DIR, paths.PRETRAIN_RESUME_FILE, paths.PRETRAIN_PLOTS_DIR)
+    if distributed.is_main():
+        with atomic_path(paths.PRETRAIN_STATE_FILE) as tmp:
+            shutil.copyfile(paths.PRETRAIN_RESUME_FILE, tmp)
 
 
 if __name__ == "__main__":

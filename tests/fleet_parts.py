@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,18 +168,48 @@ def deploy(env: dict[str, str], pool: str, origin: Origin) -> str:
     return done.stdout
 
 
+class Workers(list):
+    """The workers' log files (worker-1.log, ...), with their processes by name."""
+
+    def __init__(self, logs: list[Path], processes: dict[str, subprocess.Popen]) -> None:
+        super().__init__(logs)
+        self.processes = processes
+
+
 @contextmanager
-def workers(env: dict[str, str], pool: str, folder: Path, count: int) -> Iterator[list[Path]]:
+def workers(env: dict[str, str], pool: str, folder: Path, count: int) -> Iterator[Workers]:
     """`count` workers on `pool`, one flow run at a time each (as on a one-GPU host), registered
-    with the server; yields their log files (worker-1.log, ...)."""
+    with the server; yields their log files (worker-1.log, ...) and processes."""
     logs = [folder / f"worker-{n}.log" for n in range(1, count + 1)]
     with ExitStack() as stack:
+        processes = {}
         for log in logs:
             command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--name", log.stem, "--limit", "1"]
-            stack.enter_context(service(command, env, log, None))
+            processes[log.stem] = stack.enter_context(service(command, env, log, None))
         with client(env) as api:
             wait_for(lambda: len(api.read_workers_for_work_pool(pool)) >= count, 60, f"{count} workers")
-        yield logs
+        yield Workers(logs, processes)
+
+
+def lose_host(process: subprocess.Popen) -> None:
+    """What a lost host does to a worker: SIGKILL to it and to every process under it (its flow
+    runs, their stages), all at once, so nobody reports anything."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # "pid (name) state ppid ..."
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    doomed, todo = [], [process.pid]
+    while todo:
+        pid = todo.pop()
+        doomed.append(pid)
+        todo.extend(children.get(pid, []))
+    for pid in doomed:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait()
 
 
 def run_all(api: dict[str, str], runs: list[dict], timeout: float = 900,

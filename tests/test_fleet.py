@@ -11,17 +11,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from itertools import combinations
 from pathlib import Path
 from uuid import UUID
 
+import pandas as pd
 import pytest
 import yaml
 from fleet_parts import (
-    KEYS, PREFINE, Origin, Storage, client, deploy, make_origin, prefect_server, run_all, seaweedfs, workers,
+    KEYS, PREFINE, Origin, Storage, client, deploy, lose_host, make_origin, prefect_server, run_all, seaweedfs,
+    wait_for, workers,
 )
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+from prefect.client.schemas.filters import (
+    FlowFilter, FlowFilterName, FlowRunFilter,
+    FlowRunFilterId, TaskRunFilter, TaskRunFilterName,
+)
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_fixtures import TEST_PARAMS, dvc, git
@@ -30,6 +36,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.gpu import LEASE_S, ensure_limit, host_limit
+from flows.study import label_budget_study
 
 pytestmark = pytest.mark.e2e
 
@@ -208,3 +215,81 @@ def test_runs_fan_out_and_a_fresh_clone_gets_their_models_and_the_prod_version(
     assert "up to date" in dvc(clone, "status").stdout
     shown = subprocess.run([*PREFINE, "registry", "show", "--repo", str(clone)], capture_output=True, text=True)
     assert shown.returncode == 0 and re.search(r"prod: classifier v0\.0\.[12] ", shown.stdout), shown.stdout
+
+
+STUDY = ["study.methods=[autoencoder, simclr]", "study.budgets=[1, 2]", "study.seeds=[0]", "study.finetune={steps: 5}"]
+
+
+def _cell_runs(api: dict[str, str], containing: str = "") -> list:
+    """The training flow runs that were a study's cells (their `experiment` parameter names them)."""
+    with client(api) as prefect:
+        runs = prefect.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["training"])))
+    return [r for r in runs if (r.parameters.get("experiment") or "").startswith("study-")
+            and containing in r.parameters["experiment"]]
+
+
+def _study_of(api: dict[str, str], base: Path, origin: Origin, overrides: list[str],
+              deployment: str | None = "training/prefine-training") -> dict:
+    """A study in a fresh clone of the origin, run by this process: its cells on the pool
+    (`deployment`), or in clones here (None)."""
+    clone = base / "study"
+    git(base, "clone", "-q", origin.url, str(clone))
+    with temporary_settings({PREFECT_API_URL: api["PREFECT_API_URL"]}):
+        return label_budget_study(repo=str(clone), overrides=overrides, deployment=deployment)
+
+
+def test_a_study_fans_its_cells_out_over_the_workers_and_a_rerun_trains_nothing(
+    api: dict[str, str], origin: Origin, fleet: list[Path], tmp_path: Path
+) -> None:
+    """The study runs its 4 cells as training runs on the pool: both workers take cells, no two
+    training tasks of the host overlap (one GPU slot), the second budget of each method takes its
+    pretraining from the run-cache, each cell is an experiment ref on the origin, and the table
+    equals the same study run on one host. A rerun finds every cell on the origin and starts no
+    training run."""
+    summary = _study_of(api, tmp_path / "a", origin, STUDY)
+    assert (summary["cells"], summary["ran"]) == (4, 4)
+    cells = _cell_runs(api)
+    assert len(cells) == 4 and all(c.state.name == "Completed" for c in cells)
+    assert {w for c in cells for w in _ran_on(fleet, c.id)} == {"worker-1", "worker-2"}
+    tasks = _training_tasks(api, cells)
+    for a, b in combinations([t for t in tasks if t.state.name == "Completed"], 2):
+        if a.flow_run_id != b.flow_run_id:
+            assert a.end_time <= b.start_time or b.end_time <= a.start_time, (a.name, b.name)
+    assert sorted(t.state.name for t in tasks if t.name == "pretrain") == ["Completed", "Completed", "Skipped", "Skipped"]
+    assert _slots(api)[1] == 0
+    refs = git(origin.checkout, "ls-remote", "origin", "refs/exps/*").splitlines()
+    assert len(refs) == 4 and all("/study-" in ref for ref in refs)
+    table = pd.read_csv(summary["csv"])
+
+    again = _study_of(api, tmp_path / "b", origin, STUDY)
+    assert again["ran"] == 0 and len(_cell_runs(api)) == 4 and pd.read_csv(again["csv"]).equals(table)
+    one_host = _study_of(api, tmp_path / "c", origin, STUDY, None)  # its clone does not look at the origin's refs
+    assert one_host["ran"] == 4 and pd.read_csv(one_host["csv"]).equals(table)
+
+
+def test_a_cell_whose_worker_dies_runs_again_on_another_and_the_study_completes(
+    api: dict[str, str], origin: Origin, fleet: list[Path], tmp_path: Path
+) -> None:
+    """A one-cell study on a pool of its own with two workers: once the cell's pretraining runs,
+    its worker and everything under it get SIGKILL (a lost host). The ZOMBIES automation marks
+    the silent flow run Crashed, the study's cell task runs the cell again, the other worker
+    takes it, the study completes, and no GPU slot stays held."""
+    env = {**api, **KEYS}
+    pool = "fleet-lost-host"
+    assert deploy(env, pool, origin).count(f"on pool {pool}") == 3
+    try:
+        with workers(env, pool, tmp_path, 2) as pair, ThreadPoolExecutor(1) as background:
+            study = background.submit(lambda: _study_of(api, tmp_path, origin, ["study.seeds=[3]", "study.budgets=[1]",
+                                                                              "study.methods=[autoencoder]"]))
+            running = wait_for(lambda: [t for t in _training_tasks(api, _cell_runs(api, "seed3"))
+                                        if t.name == "pretrain" and t.state.name == "Running"], 600, "a pretraining")
+            [lost] = _ran_on(pair, running[0].flow_run_id)
+            lose_host(pair.processes[lost])
+            summary = study.result(timeout=900)
+        assert summary["ran"] == 1
+        runs = sorted(_cell_runs(api, "seed3"), key=lambda r: r.start_time)
+        assert [r.state.name for r in runs] == ["Crashed", "Completed"], [(r.state.name, r.state.message) for r in runs]
+        assert "no heartbeat" in runs[0].state.message and _ran_on(pair, runs[1].id) != [lost]
+        assert _slots(api)[1] == 0
+    finally:
+        deploy(env, POOL, origin)  # the module's deployments back on its own pool

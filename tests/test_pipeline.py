@@ -15,6 +15,7 @@ import torch
 from projects import VENV_ENV, dvc, make_project
 
 from flows.overrides import apply
+from prefine import paths
 
 pytestmark = pytest.mark.e2e
 
@@ -75,8 +76,8 @@ def test_finetune_param_reruns_only_finetune_and_what_follows(repo):
 
 
 def test_kill_9_during_pretraining_resumes_to_the_same_weights(repo):
-    state = repo / "models/pretrain/state.pt"
-    reference = torch.load(state, weights_only=True)
+    output, state = repo / paths.PRETRAIN_STATE_FILE, repo / paths.PRETRAIN_RESUME_FILE
+    reference = torch.load(output, weights_only=True)
     state.unlink()
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "pretrain"], cwd=repo, env=VENV_ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -89,10 +90,27 @@ def test_kill_9_during_pretraining_resumes_to_the_same_weights(repo):
     assert 1 <= killed_at < reference["epoch"], "the kill came after the last epoch"
     out = run_dvc(repo, "repro")
     assert f"resuming after epoch {killed_at}" in out
-    resumed = torch.load(state, weights_only=True)
+    resumed = torch.load(output, weights_only=True)
     assert resumed["epoch"] == reference["epoch"]
     for key, value in reference["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
+
+
+def test_pretraining_is_in_the_run_cache(repo):
+    """Another seed pretrains; back to the first, DVC restores its outputs without training (what
+    lets a study's cells of one method and seed share one pretraining)."""
+    params = repo / "params.yaml"
+    before, state = params.read_text(), (repo / paths.PRETRAIN_STATE_FILE).read_bytes()
+    try:
+        apply(repo, None, ["seed=1"])
+        assert ran(run_dvc(repo, "repro", "pretrain")) == ["ingest", "pretrain"]
+        params.write_text(before)
+        out = run_dvc(repo, "repro", "pretrain")
+        assert "Stage 'pretrain' is cached - skipping run" in out and ran(out) == ["ingest"], out
+        assert (repo / paths.PRETRAIN_STATE_FILE).read_bytes() == state
+    finally:
+        params.write_text(before)
+    assert dvc_status(repo) == {}
 
 
 def dvc_status(repo: Path) -> dict:

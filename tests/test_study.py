@@ -3,17 +3,19 @@ Fashion-MNIST, its params, and the flow end to end on a real Prefect server and 
 
 from __future__ import annotations
 
-import shutil
+import json
+from datetime import datetime, timezone
 from pathlib import Path
 
-import faults
 import pandas as pd
 import pytest
 import yaml
 from prefect import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, TaskRunFilter, TaskRunFilterName
+from prefect_fixtures import TEST_PARAMS
+from projects import git, make_project
 
-from flows.study import WORK, label_budget_study
+from flows.study import label_budget_study
 from prefine.data.ingest import read_pools
 from prefine.data.store import NO_LABEL
 from prefine.errors import PrefineError
@@ -21,12 +23,12 @@ from prefine.evaluate.baselines import BASELINES
 from prefine.evaluate.study import (
     SCRATCH,
     markdown,
+    plan,
     results_table,
-    run_params,
     summarize,
     write_report,
 )
-from prefine.params import IngestParams, ParamsError, parse
+from prefine.params import IngestParams, ParamsError, parse, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCURACY = {  # method -> budget -> accuracy per seed
@@ -109,56 +111,70 @@ def test_study_params_are_checked_before_any_work() -> None:
     with pytest.raises(ParamsError, match=r"'method' is set by study.methods"):
         parse({"study": {"pretrain": {"method": "simclr"}}})
 
-    params = parse({"pretrain": {"epochs": 9, "width": 16},
-                    "study": {"pretrain": {"epochs": 1}, "finetune": {"steps": 7}}})
-    run = run_params(params, seed=2, method="autoencoder")
-    assert (run.seed, run.pretrain.method, run.pretrain.epochs, run.pretrain.width) == (2, "autoencoder", 1, 16)
-    assert run.finetune.steps == 7 and params.pretrain.epochs == 9  # the main run's params are untouched
+    params = parse({"study": {"methods": ["simclr", "gan"], "budgets": [10, "all"], "seeds": [0, 1],
+                              "pretrain": {"epochs": 1}, "finetune": {"steps": 7, "strategy": "linear"}}})
+    cells = plan(params, "quick", ["ingest.limit=600"])
+    assert [(c.method, c.budget, c.seed) for c in cells[:4]] == [("simclr", 10, 0), ("gan", 10, 0),
+                                                                 ("simclr", "all", 0), ("gan", "all", 0)]
+    assert len(cells) == 8 and len({c.name for c in cells}) == 8
+    assert cells[0].overrides[:4] == ("ingest.limit=600", "seed=0", "pretrain.method=simclr",
+                                      "finetune.labels_per_class=10")
+    assert set(cells[0].overrides[4:]) == {"pretrain.epochs=1", "finetune.steps=7", 'finetune.strategy="linear"'}
+    assert cells[0].name.startswith("study-simclr-10-seed0-")
+    assert plan(params, "quick", ["ingest.limit=600"]) == cells  # names are what makes the cell
+    assert plan(params, None, ["ingest.limit=600"])[0].name != cells[0].name  # another profile, another cell
+    for cell in cells:  # every cell's overrides make valid params
+        raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+        resolve(raw, "quick", list(cell.overrides), ROOT / "profiles.yaml")
+        assert parse(raw).finetune.labels_per_class == cell.budget
 
 
 @pytest.mark.e2e
-def test_flow_end_to_end_then_a_rerun_reuses_everything(
-    prefect_server: str, fmnist_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_cells_are_experiments_of_the_pipeline_and_a_rerun_trains_nothing(
+    prefect_server: str, fmnist_slice: Path, tmp_path: Path
 ) -> None:
-    """Every (method | scratch, budget, seed) row, with one pretraining crashing once on the way
-    (retried, and resumed from its saved state); then a rerun trains nothing."""
-    marker = tmp_path / "crashed"
-    faults.crash_once(monkeypatch, marker)
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    shutil.copy(ROOT / "profiles.yaml", tmp_path / "profiles.yaml")
-    before = (tmp_path / "params.yaml").read_text()
-    overrides = [
-        f"ingest.path={fmnist_slice}", "ingest.limit=600",
-        "study.methods=[autoencoder, simclr]", "study.budgets=[1, 5]", "study.seeds=[0, 1]",
-        "study.pretrain={epochs: 1, width: 8, batch_size: 128}", "study.finetune={steps: 5, batch_size: 16}",
-    ]
-    summary = label_budget_study(repo=str(tmp_path), overrides=overrides)
-    assert marker.exists()  # a pretraining crashed, and the study still finished
-    assert (tmp_path / "params.yaml").read_text() == before  # overrides are the run's, not the file's
+    """Every cell is a `training` flow run of dvc.yaml in its own clone, kept as a DVC experiment of
+    the project's commit; the second budget of a method takes its pretraining from the run-cache;
+    the table is the cells' metrics; a rerun finds every cell and trains nothing."""
+    project = make_project(tmp_path / "project", fmnist_slice, [*TEST_PARAMS, "pretrain.epochs=1"])
+    commit = git(project, "rev-parse", "HEAD").strip()
+    overrides = ["study.methods=[autoencoder, simclr]", "study.budgets=[1, 2]", "study.seeds=[0]",
+                 "study.finetune={steps: 5}"]
+    before_study = datetime.now(timezone.utc)
+    summary = label_budget_study(repo=str(project), overrides=overrides)
+    assert (summary["cells"], summary["ran"]) == (4, 4)
+    assert git(project, "status", "--porcelain", "--untracked-files=no") == ""  # the checkout is untouched
+
+    refs = git(project, "for-each-ref", "refs/exps", "--format=%(refname)").split()
+    assert len(refs) == 4 and all(ref.startswith(f"refs/exps/{commit[:2]}/{commit[2:]}/study-") for ref in refs)
+    for ref in refs:
+        params = yaml.safe_load(git(project, "show", f"{ref}:params.yaml"))
+        method, budget = ref.split("/")[-1].split("-")[1:3]
+        assert (params["pretrain"]["method"], str(params["finetune"]["labels_per_class"])) == (method, budget)
+        assert params["seed"] == 0 and params["finetune"]["steps"] == 5
 
     csv = pd.read_csv(summary["csv"])
     methods = ("autoencoder", "simclr", SCRATCH, *BASELINES)
-    expected = {(m, str(b), s) for m in methods for b in (1, 5) for s in (0, 1)}
-    assert set(zip(csv["method"], csv["labels_per_class"].astype(str), csv["seed"], strict=True)) == expected
-    assert len(csv) == 28 and csv["accuracy"].between(0, 1).all()
+    assert set(zip(csv["method"], csv["labels_per_class"], csv["seed"], strict=True)) == {
+        (m, b, 0) for m in methods for b in (1, 2)}
+    assert len(csv) == 14 and csv["accuracy"].between(0, 1).all()
     assert (csv["labeled"] == csv["labels_per_class"] * 10).all()  # baselines use the networks' subsets
-    assert list(dict.fromkeys(csv["method"]))[-5:] == [SCRATCH, *sorted(BASELINES)]
-    md = Path(summary["md"]).read_text().splitlines()
-    table_rows = [line for line in md if line.startswith("| ") and "±" in line]
-    assert len(table_rows) == 14 and all(line.count("±") == 2 for line in table_rows)  # 7 rows x 2 metrics
+    for row in csv[csv["method"] == "simclr"].itertuples():  # the table is what the experiment recorded
+        ref = next(r for r in refs if f"/study-simclr-{row.labels_per_class}-" in r)
+        assert json.loads(git(project, "show", f"{ref}:metrics/evaluate.json"))["pretrained"]["accuracy"] == row.accuracy
     folder = Path(summary["csv"]).parent
-    assert folder.parent == tmp_path / "reports" and folder.name.startswith("study-")  # its own folder
     made_by = yaml.safe_load((folder / "settings.yaml").read_text())
-    assert made_by["study"]["seeds"] == [0, 1] and made_by["finetune"]["steps"] == 5
-    assert Path(summary["png"]).stat().st_size > 10_000
+    assert made_by["commit"] == commit and len(made_by["cells"]) == 4
+    md = Path(summary["md"]).read_text()
+    assert "| method | 1 | 2 |" in md and "| simclr |" in md
+
     with get_client(sync_client=True) as client:
+        pretrains = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["pretrain"])))
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["label-budget-study"])))
-    assert artifacts and "| method | 1 | 5 |" in artifacts[0].data
+    mine = [t for t in pretrains if t.start_time and t.start_time >= before_study]
+    assert sorted(t.state.name for t in mine) == ["Completed", "Completed", "Skipped", "Skipped"]
+    assert artifacts and "| method | 1 | 2 |" in artifacts[0].data
 
-    encoders = sorted((tmp_path / "reports" / WORK / "pretrain").glob("*/encoder.safetensors"))
-    assert len(encoders) == 4  # 2 methods x 2 seeds, kept for reruns
-    stamps = [p.stat().st_mtime_ns for p in encoders]
-    again = label_budget_study(repo=str(tmp_path), overrides=overrides)
-    assert pd.read_csv(again["csv"]).equals(csv)  # the same rows, read back rather than retrained
-    assert [p.stat().st_mtime_ns for p in encoders] == stamps  # no encoder trained again
+    again = label_budget_study(repo=str(project), overrides=overrides)
+    assert again["ran"] == 0 and pd.read_csv(again["csv"]).equals(csv)

@@ -40,7 +40,8 @@ def ingest(
 ) -> dict[str, int]:
     """Read, split, dedupe and select; write data/{unlabeled,labeled,test} and the counts."""
     pools = read_pools(params.ingest, Path(out_dir) / CACHE_NAME)
-    labeled = pools.labeled(params.finetune.labels_per_class, params.seed)
+    per_class = params.finetune.labels_per_class
+    labeled = pools.labeled(None if per_class == "all" else per_class, params.seed)
     pools.require_test()
     counts = {"unlabeled": len(pools.train), "labeled": len(labeled), "test": len(pools.test), **pools.counts}
     for name, rows, keep_labels in (

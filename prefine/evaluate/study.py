@@ -1,14 +1,17 @@
-"""The label-budget study's library side: the params a run trains with, one fine-tune + test,
-and the report: every run as CSV, mean ± std over seeds per method and budget as a markdown
-table and as a plot of test accuracy against labels per class.
+"""The label-budget study's library side: its cells, the rows a cell's metrics give, and the
+report: every run as CSV, mean ± std over seeds per method and budget as a markdown table and as
+a plot of test accuracy against labels per class.
 
-flows/study.py runs the study as a Prefect flow; nothing here imports Prefect, so a notebook
-can redraw the report from the CSV: `write_report(pd.read_csv(csv), out, classes)`.
+A cell is one (method, budget, seed): a run of the pipeline (dvc.yaml) with the overrides that
+say so, kept as a DVC experiment named by what makes it. flows/study.py runs the cells; nothing
+here imports Prefect, so a notebook can redraw the report from the CSV:
+`write_report(pd.read_csv(csv), out, classes)`.
 """
 
 from __future__ import annotations
 
-import threading
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -16,61 +19,56 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
+from prefine import fingerprint
 from prefine.atomic import atomic_path
-from prefine.data.store import ImageSet
 from prefine.evaluate.baselines import BASELINES
-from prefine.evaluate.metrics import predict, scores
-from prefine.models.nets import EncoderSpec
-from prefine.params import FinetuneParams, Params, PretrainParams
-from prefine.training import device as devices
-from prefine.training import finetuning
+from prefine.params import Params
 from prefine.training.finetuning import SCRATCH
 
 ALL = "all"  # the budget "every labeled training image"
-COLUMNS = ["method", "labels_per_class", "seed", "labeled", "accuracy", "macro_f1", "wall_s"]
+COLUMNS = ["method", "labels_per_class", "seed", "labeled", "accuracy", "macro_f1"]
 REPORT = "label_budget"  # <out>/label_budget.{csv,md,png}
 METRIC_TITLES = {"accuracy": "Test accuracy", "macro_f1": "Test macro-F1"}
 
-# Runs in threads share torch's global RNG: seeding and building a model happen under this lock,
-# so a fine-tune's initial weights depend on its seed, not on the fine-tunes beside it. (pretrain()
-# seeds outside it: with more than one gpu slot, a pretraining starting beside one can interleave.)
-_INIT = threading.Lock()
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the pipeline in the study: `overrides` (after the study's profile and its
+    non-study overrides, `base`) make it; `name`, the DVC experiment it is kept as, says what
+    made it, so a rerun of the study, or another study sharing the cell, finds it."""
+
+    method: str
+    budget: int | str
+    seed: int
+    overrides: tuple[str, ...]
+    name: str
 
 
-def run_params(params: Params, seed: int, method: str | None = None) -> Params:
-    """The params one study run trains with: study.pretrain / study.finetune over the
-    (profile-resolved) sections, the run's seed and, for a pretraining, its method."""
-    pretrain = {**params.pretrain.model_dump(), **params.study.pretrain}
-    if method is not None:
-        pretrain["method"] = method
-    finetune = {**params.finetune.model_dump(), **params.study.finetune}
-    return params.model_copy(
-        update={"seed": seed, "pretrain": PretrainParams(**pretrain), "finetune": FinetuneParams(**finetune)}
-    )
+def plan(params: Params, profile: str | None, base: list[str]) -> list[Cell]:
+    """The cells of params.study, seed by seed, budget by budget, method by method. `base` is
+    what every cell trains with beyond params.yaml: the study's own overrides, less `study.*`."""
+    study = params.study
+    shared = [*(f"pretrain.{k}={json.dumps(v)}" for k, v in study.pretrain.items()),
+              *(f"finetune.{k}={json.dumps(v)}" for k, v in study.finetune.items())]
+    cells = []
+    for seed in study.seeds:
+        for budget in study.budgets:
+            for method in study.methods:
+                overrides = (*base, f"seed={seed}", f"pretrain.method={method}",
+                             f"finetune.labels_per_class={budget}", *shared)
+                key = fingerprint.of(profile, overrides)[:10]
+                cells.append(Cell(method, budget, seed, overrides, f"study-{method}-{budget}-seed{seed}-{key}"))
+    return cells
 
 
-def per_class(budget: int | str) -> int | None:
-    """A study budget as select_labeled's `per_class` (None: every labeled image)."""
-    return None if budget == ALL else int(budget)
-
-
-def fine_tune_and_score(
-    strategy: str,
-    encoder: Path | EncoderSpec,
-    labeled: ImageSet,
-    test: ImageSet,
-    p: FinetuneParams,
-    seed: int,
-    unlabeled: ImageSet | None = None,
-) -> dict[str, float]:
-    """Fine-tune a pretrained encoder with `strategy`, or train its architecture from scratch
-    (SCRATCH), on `labeled`, then score it on `test` (finetuning.start pairs the two)."""
-    with _INIT:
-        model = finetuning.start(strategy, encoder, len(labeled.classes), seed, p.unfreeze)
-    device = devices.pick()
-    finetuning.train(model, labeled, p, strategy=strategy, seed=seed, device=device, unlabeled=unlabeled)
-    result = scores(test.labels, predict(model, test.images, device), test.classes)
-    return {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"]}
+def cell_rows(cell: Cell, metrics: dict, ingest: dict, with_shared: bool) -> list[dict]:
+    """The table's rows from a cell's metrics/evaluate.json and metrics/ingest.json: its method's,
+    and with `with_shared` its scratch twin's and the trivial baselines' (the same for every
+    method of a budget and seed: one cell of them gives those rows)."""
+    names = [cell.method, *([SCRATCH, *BASELINES] if with_shared else [])]
+    return [{"method": name, "labels_per_class": cell.budget, "seed": cell.seed, "labeled": ingest["labeled"],
+             "accuracy": metrics["pretrained" if name == cell.method else name]["accuracy"],
+             "macro_f1": metrics["pretrained" if name == cell.method else name]["macro_f1"]} for name in names]
 
 
 def _kind(method: str) -> int:
