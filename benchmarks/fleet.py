@@ -79,9 +79,10 @@ def remote_pieces(checkout: Path, base: Path, storage: Storage, env: dict[str, s
     }
 
 
-def study_wall(base: Path, data: Path, storage: Storage, env: dict[str, str], count: int, name: str) -> float:
-    """Wall time of the STUDY from a clone of a fresh origin and remote prefix: with `count`
-    workers on a pool of their own, or with none, its cells in clones here."""
+def study_wall(base: Path, data: Path, storage: Storage, env: dict[str, str], count: int,
+               name: str) -> tuple[float, str]:
+    """Wall time and CSV table of the STUDY from a clone of a fresh origin and remote prefix:
+    with `count` workers on a pool of their own, or with none, its cells in clones here."""
     origin = make_origin(base, data, storage, f"{storage.bucket('prefine-bench')}/{name}", TINY)
     clone = base / "study"
     git(base, "clone", "-q", origin.url, str(clone))
@@ -90,7 +91,10 @@ def study_wall(base: Path, data: Path, storage: Storage, env: dict[str, str], co
             deploy(env, name, origin)
             stack.enter_context(workers(env, name, base, count))
         deployment = "training/prefine-training" if count else None
-        return timed(lambda: label_budget_study(repo=str(clone), overrides=STUDY, deployment=deployment))
+        summary: dict = {}
+        seconds = timed(lambda: summary.update(label_budget_study(repo=str(clone), overrides=STUDY,
+                                                                  deployment=deployment)))
+        return seconds, Path(summary["csv"]).read_text()
 
 
 def one_run_wall(base: Path, data: Path, storage: Storage, env: dict[str, str]) -> float:
@@ -115,13 +119,15 @@ def main() -> None:
             checkout, local_s = local_run(folders["local"], args.data, env)
             remote_s = one_run_wall(folders["one"], args.data, storage, env)
             pieces = remote_pieces(checkout, folders["local"], storage, env)
-            walls = {count: study_wall(folders[f"pool-{count}" if count else "here"], args.data, storage, env, count,
+            studies = {count: study_wall(folders[f"pool-{count}" if count else "here"], args.data, storage, env, count,
                                        f"pool-{count}") for count in (0, 1, 2)}
     print(f"quick profile, one run: local {local_s:.1f} s; deployment run on a worker {remote_s:.1f} s "
           f"(+{remote_s - local_s:.1f} s, {remote_s / local_s:.2f}x)")
     print("remote steps alone on that run's outputs: " + ", ".join(f"{k} {v:.1f} s" for k, v in pieces.items()))
+    walls = {count: seconds for count, (seconds, _) in studies.items()}
     print(f"4-cell study ({', '.join(STUDY)}; {', '.join(TINY)}): cells here {walls[0]:.1f} s, "
-          f"1 worker {walls[1]:.1f} s, 2 workers {walls[2]:.1f} s ({walls[1] / walls[2]:.2f}x)")
+          f"1 worker {walls[1]:.1f} s, 2 workers {walls[2]:.1f} s ({walls[1] / walls[2]:.2f}x); "
+          f"the three tables are {'equal' if len({t for _, t in studies.values()}) == 1 else 'NOT equal'}")
 
 
 if __name__ == "__main__":

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 Sources = Annotated[list[Path], typer.Argument(
     help="Folders (recursively), CSV/Parquet manifests (a `path` column, relative to the manifest), "
          "image files, or prefine data splits (data/test).", metavar="SOURCE", show_default=False)]
-BatchSize = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+BatchSize = Annotated[Optional[int], typer.Option(min=1, help="Images per forward pass (default: by image size, 1,024 at 28 px, 16 at 224 px).")]
 RepoOption = Annotated[Path, typer.Option("--repo", "-r", help="The project whose registry resolves --model.")]
 
 
@@ -27,7 +27,7 @@ def predict(
     model: Annotated[str, typer.Option(help="classifier@prod, classifier@<version>, or a .safetensors file.")] = "classifier@prod",
     out: Annotated[Path, typer.Option(help="Parquet file: path, predicted, confidence, top_k, top_k_scores, error.")] = Path("preds.parquet"),
     top_k: Annotated[int, typer.Option(min=1, help="How many best classes (and scores) per image.")] = 3,
-    batch_size: BatchSize = 256,
+    batch_size: BatchSize = None,
     repo: RepoOption = Path("."),
 ) -> None:
     """Classify images with a registered (or any) classifier: one row per image."""
@@ -41,7 +41,7 @@ def embed(
     sources: Sources,
     model: Annotated[str, typer.Option(help="encoder@prod (the prod classifier's encoder), encoder@<version>, or a .safetensors file.")] = "encoder@prod",
     out: Annotated[Path, typer.Option(help="Parquet file: path, embedding (list<float32>), error.")] = Path("embeddings.parquet"),
-    batch_size: BatchSize = 256,
+    batch_size: BatchSize = None,
     repo: RepoOption = Path("."),
 ) -> None:
     """Embed images with a pretrained encoder: one row per image, the embedding as a list column."""

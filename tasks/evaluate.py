@@ -51,7 +51,7 @@ def write_json(path: Path, data: dict) -> None:
 def evaluate(params: Params) -> dict:
     """Write metrics/evaluate.json (headline: one column per number worth comparing across
     experiments) and metrics/evaluate_detail.json (per-class accuracy, baseline timings)."""
-    test = read_split(paths.TEST_DIR)
+    test = open_split(paths.TEST_DIR)  # read a batch at a time: a test split of any size
     results, meta = score_networks(test)
     start = time.perf_counter()
     k = params.checkpoint.knn_k

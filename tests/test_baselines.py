@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from prefine import paths
-from prefine.data.store import ImageSet, write_split
+from prefine.data.store import ImageSet, open_split, read_split, write_split
 from prefine.evaluate import baselines
 from prefine.models import weights
 from prefine.models.nets import Classifier, build_encoder, encoder_spec
@@ -45,6 +45,21 @@ def test_baselines_learn_only_from_the_labeled_set_given():
     predicted = baselines.predict(labeled, blocks(30, 1).images, blocks(100, 2).images, k=5)
     for name, (classes, _) in predicted.items():
         assert set(classes.tolist()) <= {0, 1}, name
+
+
+def test_a_test_split_on_disk_is_scored_a_chunk_at_a_time_with_the_same_predictions(tmp_path, monkeypatch):
+    """The test images read from shards TEST_CHUNK at a time (not a chunk size that divides them)
+    give what the whole tensor in memory gives."""
+    labeled = blocks(10, 0)
+    _write(tmp_path / "test", blocks(30, 1))
+    _write(tmp_path / "pool", blocks(100, 2))
+    whole = baselines.predict(labeled, read_split(tmp_path / "test").images, read_split(tmp_path / "pool").images, k=5)
+    monkeypatch.setattr(baselines, "TEST_CHUNK", 7)
+    streamed = baselines.predict(labeled, open_split(tmp_path / "test").images, open_split(tmp_path / "pool").images,
+                                 k=5)
+    assert list(streamed) == list(whole)
+    for name, (predicted, _) in whole.items():
+        assert torch.equal(streamed[name][0], predicted), name
 
 
 def _results(pretrained: float, scratch: float, best_baseline: float) -> dict[str, dict]:

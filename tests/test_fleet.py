@@ -233,6 +233,7 @@ def _study_of(api: dict[str, str], base: Path, origin: Origin, overrides: list[s
     """A study in a fresh clone of the origin, run by this process: its cells on the pool
     (`deployment`), or in clones here (None)."""
     clone = base / "study"
+    base.mkdir(parents=True, exist_ok=True)
     git(base, "clone", "-q", origin.url, str(clone))
     with temporary_settings({PREFECT_API_URL: api["PREFECT_API_URL"]}):
         return label_budget_study(repo=str(clone), overrides=overrides, deployment=deployment)

@@ -22,6 +22,7 @@ from torch import nn
 
 from prefine.atomic import atomic_path
 from prefine.errors import PrefineError
+from prefine.evaluate.probe import batch_size_for
 from prefine.evaluate.probe import embed as forward
 from prefine.models import weights
 from prefine.models.nets import EncoderSpec
@@ -46,7 +47,7 @@ class Summary:
     failed: int
 
 
-def predict(model_file: Path, sources: list[Path], out: Path, top_k: int = 3, batch_size: int = 256,
+def predict(model_file: Path, sources: list[Path], out: Path, top_k: int = 3, batch_size: int | None = None,
             progress: Progress | None = None) -> Summary:
     """Classify every input with the classifier in `model_file`; write `out` (PREDICTIONS)."""
     model, meta = _load(weights.load_classifier, model_file, "a classifier")
@@ -54,7 +55,7 @@ def predict(model_file: Path, sources: list[Path], out: Path, top_k: int = 3, ba
     return _run(model, meta["spec"], sources, out, batch_size, PREDICTIONS, columns, progress)
 
 
-def embed(model_file: Path, sources: list[Path], out: Path, batch_size: int = 256,
+def embed(model_file: Path, sources: list[Path], out: Path, batch_size: int | None = None,
           progress: Progress | None = None) -> Summary:
     """Embed every input with the encoder in `model_file`; write `out` (EMBEDDINGS)."""
     encoder, meta = _load(weights.load_encoder, model_file, "an encoder")
@@ -69,9 +70,11 @@ def _load(loader: Callable[[Path], tuple[nn.Module, dict]], file: Path, kind: st
         raise PrefineError(f"{file}: not {kind}'s weights") from None
 
 
-def _run(net: nn.Module, spec: EncoderSpec, sources: list[Path], out: Path, batch_size: int,
+def _run(net: nn.Module, spec: EncoderSpec, sources: list[Path], out: Path, batch_size: int | None,
          schema: pa.Schema, columns: Columns, progress: Progress | None) -> Summary:
-    """Stream the inputs through `net` on the GPU when there is one, and the rows to parquet."""
+    """Stream the inputs through `net` on the GPU when there is one, and the rows to parquet;
+    `batch_size` None: as many images as probe.batch_size_for their size (1,024 at 28 px, 16 at 224)."""
+    batch_size = batch_size or batch_size_for((spec["image_size"], spec["image_size"]))
     total = inputs.count(sources, spec)
     device = devices.pick()
     net.to(device)
