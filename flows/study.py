@@ -71,9 +71,18 @@ def run_here(root: Path, cell: Cell, profile: str | None, baseline: str) -> None
         for key in ("user.name", "user.email"):  # the experiment's commit is made as root's committer
             if value := subprocess.run(["git", "config", key], cwd=root, capture_output=True, text=True).stdout.strip():
                 git(clone, "config", key, value)
-        run_dvc(clone, ["cache", "dir", "--local", str(root / ".dvc" / "cache")], lambda _: None)
+        run_dvc(clone, ["cache", "dir", "--local", _cache_dir(root)], lambda _: None)
         run_dvc(clone, ["checkout", "--allow-missing", "--quiet"], lambda _: None)  # what root's cache holds
         training(repo=str(clone), **_cell_run(cell, profile, baseline))
+
+
+def _cache_dir(root: Path) -> str:
+    """Where root's DVC cache is (`dvc cache dir`: .dvc/cache unless configured elsewhere)."""
+    lines: list[str] = []
+    result = run_dvc(root, ["cache", "dir"], lines.append)
+    if result.returncode or not lines:
+        raise StudyFailed(f"{root}: `dvc cache dir` failed: {result.tail.strip()}")
+    return lines[-1].strip()
 
 
 @task(task_run_name="cell-{cell.name}", retries=1, cache_policy=None, persist_result=False)
