@@ -8,6 +8,7 @@ augmentation alone. A method that fails is reported and the others still run. Us
 
     python benchmarks/gpu_methods.py [--device cuda] [--batch 512] [--steps 30] [--warmup 5] [--width 32] [--depth 1]
     python benchmarks/gpu_methods.py --device cpu --steps 2 --batch 64     # smoke test
+    python benchmarks/gpu_methods.py --encoder resnet18 --size 96 --channels 3 --methods simclr,vicreg
 """
 
 from __future__ import annotations
@@ -45,14 +46,15 @@ class Row:
     error: str | None = None
 
 
-def load_images(data: Path, count: int) -> tuple[torch.Tensor, str]:
-    """uint8 [count, 1, 28, 28] on the CPU (where the training loop keeps them), and what they are."""
-    if data.exists():
+def load_images(data: Path, count: int, channels: int, size: int) -> tuple[torch.Tensor, str]:
+    """uint8 [count, channels, size, size] on the CPU (where the training loop keeps them), and
+    what they are: Fashion-MNIST where that is the shape asked for and found, else random."""
+    if (channels, size) == (1, 28) and data.exists():
         images = read_idx(data, count).images[:count]
         return images, f"Fashion-MNIST from {data} ({len(images)} images)"
     gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (count, 1, 28, 28), dtype=torch.uint8, generator=gen)
-    return images, f"random uint8 images ({data} not found)"
+    images = torch.randint(0, 256, (count, channels, size, size), dtype=torch.uint8, generator=gen)
+    return images, f"random uint8 images, {channels}x{size}x{size}"
 
 
 def timed(step: Callable[[torch.Tensor], torch.Tensor | None], batches: list[torch.Tensor], warmup: int,
@@ -78,7 +80,7 @@ def bench_method(method: str, args: argparse.Namespace, batches: list[torch.Tens
     """A short pretraining run of one method, as tasks/pretrain.py trains it."""
     p = PretrainParams(method=method, width=args.width, depth=args.depth, batch_size=args.batch)
     torch.manual_seed(0)
-    model = build_objective(encoder_spec("conv", 1, 28, p.width, p.depth), p).to(device)
+    model = build_objective(encoder_spec(args.encoder, args.channels, args.size, p.width, p.depth), p).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, betas=getattr(model, "betas", (0.9, 0.999)),
                                   weight_decay=p.weight_decay)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -116,11 +118,14 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (allocations, cuDNN autotune)")
+    parser.add_argument("--encoder", default="conv", help="pretrain.encoder: conv, mlp or a torchvision backbone")
+    parser.add_argument("--size", type=int, default=28, help="image side, px")
+    parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--width", type=int, default=32, help="conv encoder width")
     parser.add_argument("--depth", type=int, default=1, help="conv encoder: convs per block")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    images, what = load_images(Path(args.data), args.batch * (args.warmup + args.steps))
+    images, what = load_images(Path(args.data), args.batch * (args.warmup + args.steps), args.channels, args.size)
     shape = (args.warmup + args.steps, args.batch)
     order = torch.randint(len(images), shape, generator=torch.Generator().manual_seed(0))
     batches = list(images[order].unbind())  # full batches even from a small file
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     precision = "bf16 autocast" if device.type == "cuda" else "fp32"
     print(f"device {device} ({gpu}), torch {torch.__version__}, {precision}")
     print(f"data: {what}; batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps, "
-          f"width {args.width} depth {args.depth}")
+          f"{args.encoder} encoder" + (f" width {args.width} depth {args.depth}" if args.encoder == "conv" else ""))
 
     rows = [bench_augment("aug: two_views", two_views, args, batches, device),
             bench_augment("aug: strong_view", strong_view, args, batches, device)]

@@ -20,7 +20,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flows.study import load_params  # noqa: E402
 from prefine import paths  # noqa: E402
 from prefine.data.ingest import read_pools  # noqa: E402
 from prefine.data.store import read_split  # noqa: E402
@@ -28,7 +27,7 @@ from prefine.data.store import ImageSet  # noqa: E402
 from prefine.evaluate.metrics import predict, scores  # noqa: E402
 from prefine.models import weights  # noqa: E402
 from prefine.models.nets import EncoderSpec  # noqa: E402
-from prefine.params import FinetuneParams  # noqa: E402
+from prefine.params import FinetuneParams, load_with  # noqa: E402
 from prefine.training import device as devices  # noqa: E402
 from prefine.training import finetuning  # noqa: E402
 from prefine.training.finetuning import SCRATCH  # noqa: E402
@@ -52,7 +51,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value over params.yaml")
     args = parser.parse_args()
-    params = load_params(args.repo, None, args.overrides)
+    params = load_with(args.repo, None, args.overrides)
     p = params.finetune
     encoder = args.repo / paths.ENCODER_FILE
     spec = weights.load(encoder)[1]["spec"]

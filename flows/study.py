@@ -32,8 +32,8 @@ from flows.training import training
 from prefine import fingerprint
 from prefine.atomic import atomic_path
 from prefine.evaluate.study import Cell, cell_rows, plan, results_table, write_report
-from prefine.params import Params, ParamsError, load, parse, resolve
-from prefine.paths import EVALUATE_METRICS_FILE, INGEST_METRICS_FILE, PARAMS_FILE, PROFILES_FILE
+from prefine.params import ParamsError, load_with
+from prefine.paths import EVALUATE_METRICS_FILE, INGEST_METRICS_FILE
 from prefine.registry import git
 
 STUDY_KEY = "study."  # overrides of the study's own section: how the study runs, not what a cell trains
@@ -41,18 +41,6 @@ STUDY_KEY = "study."  # overrides of the study's own section: how the study runs
 
 class StudyFailed(RuntimeError):
     """Some cells failed; the finished ones are kept as experiments, so a rerun redoes only the rest."""
-
-
-def load_params(root: Path, profile: str | None, overrides: list[str] | None) -> Params:
-    """params.yaml with `profile` and `key.path=value` overrides applied in memory only: the study
-    never edits params.yaml, so it changes nothing DVC tracks."""
-    path = root / PARAMS_FILE
-    params = load(path)  # names a missing or broken file
-    if profile is None and not overrides:
-        return params
-    raw = yaml.safe_load(path.read_text())
-    resolve(raw, profile, overrides, root / PROFILES_FILE)
-    return parse(raw, str(path))
 
 
 def _cell_run(cell: Cell, profile: str | None, baseline: str) -> dict:
@@ -136,7 +124,7 @@ def label_budget_study(
     "training/prefine-training"): run the cells on its work pool. The report goes to
     <study.out>/<name> (default: study-<id of its settings>), so no study overwrites another's."""
     root = Path(repo).resolve()
-    params = load_params(root, profile, overrides)
+    params = load_with(root, profile, overrides)
     if {**params.finetune.model_dump(), **params.study.finetune}["strategy"] == "auto":
         raise ParamsError("finetune.strategy auto is the pipeline's choice; the study compares fixed strategies: "
                           "set study.finetune.strategy to linear, partial, full or semisup")

@@ -293,3 +293,15 @@ def resolve(tree: dict[str, Any], profile: str | None, overrides: list[str] | No
         apply_profile(tree, profile, load_profiles(profiles_file))
     for item in overrides or []:
         assign(tree, item)
+
+
+def load_with(root: Path, profile: str | None, overrides: list[str] | None) -> Params:
+    """root's params.yaml with `profile` and `key.path=value` overrides applied in memory only
+    (a study or a benchmark never edits params.yaml, so it changes nothing DVC tracks)."""
+    path = root / PARAMS_FILE
+    params = load(path)  # names a missing or broken file
+    if profile is None and not overrides:
+        return params
+    raw = yaml.safe_load(path.read_text())
+    resolve(raw, profile, overrides, root / PROFILES_FILE)
+    return parse(raw, str(path))

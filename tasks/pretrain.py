@@ -7,17 +7,29 @@ share a method and seed pretrain once)."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 from prefine import distributed, paths
 from prefine.atomic import atomic_path
 from prefine.params import Params
 from prefine.training.launch import data_parallel
+from prefine.training.logbook import EpochLog
 from prefine.training.pretraining import pretrain
 from tasks.stage import run_stage
 
 
+def train(params: Params, state_file: Path = paths.PRETRAIN_RESUME_FILE,
+          plots: Path = paths.PRETRAIN_PLOTS_DIR) -> list[dict]:
+    """Pretrain on data/unlabeled with the curves in `plots` (DVCLive); the per-epoch history."""
+    log = EpochLog(plots)
+    try:
+        return pretrain(params, paths.UNLABELED_DIR, state_file, plots, log)
+    finally:
+        log.close()
+
+
 def _body(params: Params) -> None:
-    pretrain(params, paths.UNLABELED_DIR, paths.PRETRAIN_RESUME_FILE, paths.PRETRAIN_PLOTS_DIR)
+    train(params)
     if distributed.is_main():
         with atomic_path(paths.PRETRAIN_STATE_FILE) as tmp:
             shutil.copyfile(paths.PRETRAIN_RESUME_FILE, tmp)

@@ -17,10 +17,10 @@ from PIL import Image
 from prefine import paths
 from prefine.data.ingest import ingest
 from prefine.params import Params, apply_profile, load_profiles, parse
-from prefine.training.pretraining import pretrain as pretrain_on
 from tasks.checkpoint import checkpoint
 from tasks.evaluate import evaluate
 from tasks.finetune import finetune
+from tasks.pretrain import train
 
 pytestmark = pytest.mark.e2e
 
@@ -29,8 +29,8 @@ METHODS = ["autoencoder", "denoising", "simclr", "gan", "vicreg"]
 
 
 def pretrain(params: Params, state_file: Path = paths.PRETRAIN_STATE_FILE, plots: Path = paths.PRETRAIN_PLOTS_DIR) -> list[dict]:
-    """What the pretrain stage runs, with its paths."""
-    return pretrain_on(params, paths.UNLABELED_DIR, state_file, plots)
+    """What the pretrain stage runs (with its curves), to these paths."""
+    return train(params, state_file, plots)
 
 
 def tiny_params(source: Path, method: str = "simclr", epochs: int = 1) -> Params:

@@ -30,10 +30,10 @@ from prefine.evaluate.probe import embed
 from prefine.models import weights
 from prefine.params import RegistryParams
 from prefine.training import device as devices
-from prefine.training.pretraining import pretrain
 from tasks.checkpoint import checkpoint
 from tasks.evaluate import evaluate
 from tasks.finetune import finetune
+from tasks.pretrain import train
 
 pytestmark = pytest.mark.e2e
 
@@ -54,7 +54,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, fmnist_slice: Path) -> Pat
         patch.chdir(root)
         params = params_mod.load()
         ingest(params)
-        pretrain(params, paths.UNLABELED_DIR, paths.PRETRAIN_STATE_FILE, paths.PRETRAIN_PLOTS_DIR)
+        train(params, paths.PRETRAIN_STATE_FILE)  # the pretrain stage's work, with its curves
         checkpoint(params)
         finetune(params)
         evaluate(params)

@@ -1,6 +1,7 @@
 """Pretraining: the objective named by `pretrain.method` trained on an unlabeled split streamed
 from disk (never loaded whole), its whole state saved every epoch (and every `save_every` steps)
-so a rerun resumes at the exact batch. The stage and the label-budget study both call it."""
+so a rerun resumes at the exact batch. The stage logs its curves through `on_epoch` (DVCLive);
+this module does not need DVC, so a bare GPU host can run it (benchmarks/gpu_full.py)."""
 
 from __future__ import annotations
 
@@ -16,16 +17,17 @@ from prefine.models.nets import spec_for
 from prefine.models.objectives import build_objective
 from prefine.params import Params
 from prefine.training import device as devices
-from prefine.training.logbook import EpochLog
-from prefine.training.loop import Run, fit
+from prefine.training.loop import EpochFn, Run, fit
 
 SAMPLES_NAME = "samples.png"  # gan only: generated images from a fixed z, in the plots folder
 # keys that change how it runs, not what it learns: a saved state resumes across them
 HOW_NOT_WHAT = {"workers", "save_every"}
 
 
-def pretrain(params: Params, unlabeled: Path, state_file: Path, plots: Path) -> list[dict]:
-    """Train params.pretrain's objective on the split in `unlabeled`; return the per-epoch history."""
+def pretrain(params: Params, unlabeled: Path, state_file: Path, plots: Path,
+             on_epoch: EpochFn | None = None) -> list[dict]:
+    """Train params.pretrain's objective on the split in `unlabeled`; return the per-epoch history.
+    `plots` gets the GAN's samples; `on_epoch` each epoch's record."""
     p = params.pretrain
     data = open_split(unlabeled)
     spec = spec_for(p, data.images)
@@ -54,11 +56,7 @@ def pretrain(params: Params, unlabeled: Path, state_file: Path, plots: Path) -> 
     )
     print(f"pretrain: {p.method} with a {p.encoder} encoder on {len(data)} images, device {device}"
           + (f" (rank {distributed.rank()} of {distributed.world()})" if distributed.world() > 1 else ""), flush=True)
-    log = EpochLog(plots)
-    try:
-        history = fit(model, optimizer, lambda batch, gen: model.loss(batch[0], gen), run, device, log)
-    finally:
-        log.close()
+    history = fit(model, optimizer, lambda batch, gen: model.loss(batch[0], gen), run, device, on_epoch)
     if not distributed.is_main():
         return history
     samples = plots / SAMPLES_NAME

@@ -1,0 +1,131 @@
+"""The `full` profile's accuracy on one GPU inside a wall-clock budget: ingest, pretrain once,
+then at each label budget a linear probe and FixMatch (`semisup`) from the pretrained encoder,
+next to the pixel/PCA baselines on the same labeled set and the full test split.
+
+Made for a short loan of a GPU: pretraining epochs and FixMatch steps are the profile's, cut to
+fit `--minutes` from timed first runs (each row says what it ran; both fine-tunings of a budget
+run the same steps). Every row is printed and
+written to --out/gpu_full.json as it comes, so a run stopped early keeps what it measured.
+No scratch twins (the full profile's targets are absolute). Usage:
+
+    python benchmarks/gpu_full.py --data /usr/share/datasets/fashion-mnist --minutes 6 --out OUT
+    python benchmarks/gpu_full.py --minutes 1 -S ingest.limit=2000 -S pretrain.width=8    # CPU smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.subsets import fine_tune_and_score  # noqa: E402
+from prefine.data.ingest import CACHE_NAME, ingest, read_pools  # noqa: E402
+from prefine.data.store import read_split  # noqa: E402
+from prefine.evaluate.baselines import evaluate as baselines  # noqa: E402
+from prefine.models import weights  # noqa: E402
+from prefine.models.objectives import load_pretrained  # noqa: E402
+from prefine.params import Params, load_with  # noqa: E402
+from prefine.training import device as devices  # noqa: E402
+from prefine.training import finetuning  # noqa: E402
+from prefine.training.pretraining import pretrain  # noqa: E402
+
+PRETRAIN_SHARE = 0.4  # of --minutes; the label budgets share the rest equally
+CALIBRATION_STEPS = 100  # FixMatch steps timed before sizing a budget's run
+
+
+def sized_pretraining(params: Params, project: Path, seconds: float) -> tuple[Path, dict]:
+    """One epoch timed, then the profile's epochs or as many as fit `seconds`; the encoder file."""
+    unlabeled = project / "data/unlabeled"
+    start = time.perf_counter()
+    pretrain(params.model_copy(update={"pretrain": params.pretrain.model_copy(update={"epochs": 1})}),
+             unlabeled, project / "calibration.pt", project / "plots-calibration")
+    epoch_s = time.perf_counter() - start
+    epochs = max(1, min(params.pretrain.epochs, int((seconds - epoch_s) / epoch_s)))
+    start = time.perf_counter()
+    sized = params.model_copy(update={"pretrain": params.pretrain.model_copy(update={"epochs": epochs})})
+    history = pretrain(sized, unlabeled, project / "state.pt", project / "plots")
+    wall = time.perf_counter() - start
+    objective, state = load_pretrained(project / "state.pt")
+    encoder = project / "encoder.safetensors"
+    weights.save(encoder, objective.encoder, {"spec": state["meta"]["spec"], "method": state["meta"]["method"]})
+    return encoder, {"epochs": epochs, "of": params.pretrain.epochs, "seconds": round(wall, 1),
+                     "first_epoch_s": round(epoch_s, 1), "final_loss": history[-1]["loss"],
+                     "images_per_s": round(history[-1]["images"] / wall)}
+
+
+def seconds_per_step(strategy: str, params: Params, encoder: Path, labeled, unlabeled, seed: int) -> float:
+    """A fine-tuning step's wall time with `strategy`, from CALIBRATION_STEPS timed steps."""
+    p = params.finetune.model_copy(update={"steps": CALIBRATION_STEPS})
+    model = finetuning.start(strategy, encoder, len(labeled.classes), seed, p.unfreeze)
+    start = time.perf_counter()
+    finetuning.train(model, labeled, p, strategy=strategy, seed=seed, device=devices.pick(), unlabeled=unlabeled)
+    return (time.perf_counter() - start) / CALIBRATION_STEPS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="/usr/share/datasets/fashion-mnist", help="Fashion-MNIST IDX folder")
+    parser.add_argument("--profile", default="full")
+    parser.add_argument("--minutes", type=float, default=6.0, help="wall-clock budget after ingest")
+    parser.add_argument("--budgets", default="10,100,1", help="labels per class, in the order run")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
+    parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value over the profile")
+    args = parser.parse_args()
+    params = load_with(ROOT, args.profile, [f"ingest.path={args.data}", f"seed={args.seed}", *args.overrides])
+    device = devices.pick()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    rows: list[dict] = []
+
+    def report(row: dict) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gpu_full.json").write_text(json.dumps({"device": name, "torch": torch.__version__,
+                                                             "profile": args.profile, "rows": rows}, indent=1))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        project = Path(tmp)
+        start = time.perf_counter()
+        counts = ingest(params, project / "data", project / "ingest.json")
+        report({"step": "ingest", "seconds": round(time.perf_counter() - start, 1), **counts})
+        budget_s = 60 * args.minutes
+        encoder, pretrained = sized_pretraining(params, project, PRETRAIN_SHARE * budget_s)
+        report({"step": "pretrain", "method": params.pretrain.method, "device": name, **pretrained})
+        pools = read_pools(params.ingest, project / "data" / CACHE_NAME)
+        test = pools.images(pools.test)
+        unlabeled = read_split(project / "data/unlabeled")
+        budgets = [int(b) for b in args.budgets.split(",")]
+        share = (1 - PRETRAIN_SHARE) * budget_s / len(budgets)
+        for budget in budgets:
+            labeled = pools.images(pools.labeled(budget, args.seed))
+            start = time.perf_counter()
+            base = baselines(labeled, test, unlabeled.images, params.checkpoint.knn_k)
+            row = {"step": "finetune", "labels_per_class": budget,
+                   **{k: round(v["accuracy"], 4) for k, v in base.items()}}
+            per_step = {strategy: seconds_per_step(strategy, params, encoder, labeled, unlabeled, args.seed)
+                        for strategy in ("linear", "semisup")}
+            left = share - (time.perf_counter() - start)
+            steps = max(CALIBRATION_STEPS, min(params.finetune.steps, int(0.9 * left / sum(per_step.values()))))
+            p = params.finetune.model_copy(update={"steps": steps})
+            row = {**row, "steps": steps, "of": params.finetune.steps,
+                   **{f"{k}_ms_per_step": round(1000 * v, 2) for k, v in per_step.items()}}
+            for strategy in ("linear", "semisup"):
+                timed = time.perf_counter()
+                accuracy = fine_tune_and_score(strategy, encoder, labeled, test, p, args.seed, unlabeled)["accuracy"]
+                row[strategy] = round(accuracy, 4)
+                row[f"{strategy}_seconds"] = round(time.perf_counter() - timed, 1)
+            report(row)
+
+
+if __name__ == "__main__":
+    main()
