@@ -10,6 +10,7 @@ No scratch twins (the full profile's targets are absolute). Usage:
 
     python benchmarks/gpu_full.py --data /usr/share/datasets/fashion-mnist --minutes 6 --out OUT
     python benchmarks/gpu_full.py --minutes 1 -S ingest.limit=2000 -S pretrain.width=8    # CPU smoke test
+    python benchmarks/gpu_full.py --profile default -S pretrain.epochs=8 --strategies linear --budgets 10,100
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--profile", default="full")
     parser.add_argument("--minutes", type=float, default=6.0, help="wall-clock budget after ingest")
     parser.add_argument("--budgets", default="10,100,1", help="labels per class, in the order run")
+    parser.add_argument("--strategies", default="linear,semisup", help="fine-tunings per budget, same steps each")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value over the profile")
@@ -113,13 +115,13 @@ def main() -> None:
             row = {"step": "finetune", "labels_per_class": budget,
                    **{k: round(v["accuracy"], 4) for k, v in base.items()}}
             per_step = {strategy: seconds_per_step(strategy, params, encoder, labeled, unlabeled, args.seed)
-                        for strategy in ("linear", "semisup")}
+                        for strategy in args.strategies.split(",")}
             left = share - (time.perf_counter() - start)
             steps = max(CALIBRATION_STEPS, min(params.finetune.steps, int(0.9 * left / sum(per_step.values()))))
             p = params.finetune.model_copy(update={"steps": steps})
             row = {**row, "steps": steps, "of": params.finetune.steps,
                    **{f"{k}_ms_per_step": round(1000 * v, 2) for k, v in per_step.items()}}
-            for strategy in ("linear", "semisup"):
+            for strategy in per_step:
                 timed = time.perf_counter()
                 accuracy = fine_tune_and_score(strategy, encoder, labeled, test, p, args.seed, unlabeled)["accuracy"]
                 row[strategy] = round(accuracy, 4)
