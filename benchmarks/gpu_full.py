@@ -3,9 +3,9 @@ then at each label budget a linear probe and FixMatch (`semisup`) from the pretr
 next to the pixel/PCA baselines on the same labeled set and the full test split.
 
 Made for a short loan of a GPU: pretraining epochs and FixMatch steps are the profile's, cut to
-fit `--minutes` from timed first runs (each row says what it ran; both fine-tunings of a budget
-run the same steps). Every row is printed and
-written to --out/gpu_full.json as it comes, so a run stopped early keeps what it measured.
+fit `--minutes` from timed first runs (each row says what it ran; the fine-tunings of a budget
+run the same steps). Every row is printed and written to --out/gpu_full.json as it comes, so a
+run stopped early keeps what it measured.
 No scratch twins (the full profile's targets are absolute). Usage:
 
     python benchmarks/gpu_full.py --data /usr/share/datasets/fashion-mnist --minutes 6 --out OUT
@@ -40,7 +40,7 @@ from prefine.training import finetuning  # noqa: E402
 from prefine.training.pretraining import pretrain  # noqa: E402
 
 PRETRAIN_SHARE = 0.4  # of --minutes; the label budgets share the rest equally
-CALIBRATION_STEPS = 100  # FixMatch steps timed before sizing a budget's run
+CALIBRATION_STEPS = 100  # steps of each fine-tuning timed before sizing a budget's runs
 
 
 def sized_pretraining(params: Params, project: Path, seconds: float) -> tuple[Path, dict]:
