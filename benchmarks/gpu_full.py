@@ -4,7 +4,7 @@ next to the pixel/PCA baselines on the same labeled set and the full test split.
 
 Made for a short loan of a GPU: pretraining epochs and FixMatch steps are the profile's, cut to
 fit `--minutes` from timed first runs (each row says what it ran; the fine-tunings of a budget
-run the same steps). Every row is printed and written to --out/gpu_full.json as it comes, so a
+run the same steps, but for the linear probe, which is fitted to convergence and takes none). Every row is printed and written to --out/gpu_full.json as it comes, so a
 run stopped early keeps what it measured.
 No scratch twins (the full profile's targets are absolute). Usage:
 
@@ -28,12 +28,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.subsets import fine_tune_and_score  # noqa: E402
+from benchmarks.subsets import fine_tune_and_score, pretrained_encoder  # noqa: E402
 from prefine.data.ingest import CACHE_NAME, ingest, read_pools  # noqa: E402
 from prefine.data.store import read_split  # noqa: E402
 from prefine.evaluate.baselines import evaluate as baselines  # noqa: E402
-from prefine.models import weights  # noqa: E402
-from prefine.models.objectives import load_pretrained  # noqa: E402
 from prefine.params import Params, load_with  # noqa: E402
 from prefine.training import device as devices  # noqa: E402
 from prefine.training import finetuning  # noqa: E402
@@ -53,11 +51,8 @@ def sized_pretraining(params: Params, project: Path, seconds: float) -> tuple[Pa
     epochs = max(1, min(params.pretrain.epochs, int((seconds - epoch_s) / epoch_s)))
     start = time.perf_counter()
     sized = params.model_copy(update={"pretrain": params.pretrain.model_copy(update={"epochs": epochs})})
-    history = pretrain(sized, unlabeled, project / "state.pt", project / "plots")
+    encoder, history = pretrained_encoder(sized, project, "encoder")
     wall = time.perf_counter() - start
-    objective, state = load_pretrained(project / "state.pt")
-    encoder = project / "encoder.safetensors"
-    weights.save(encoder, objective.encoder, {"spec": state["meta"]["spec"], "method": state["meta"]["method"]})
     return encoder, {"epochs": epochs, "of": params.pretrain.epochs, "seconds": round(wall, 1),
                      "first_epoch_s": round(epoch_s, 1), "final_loss": history[-1]["loss"],
                      "images_per_s": round(history[-1]["images"] / wall)}

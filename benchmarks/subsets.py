@@ -27,10 +27,12 @@ from prefine.data.store import ImageSet  # noqa: E402
 from prefine.evaluate.metrics import predict, scores  # noqa: E402
 from prefine.models import weights  # noqa: E402
 from prefine.models.nets import EncoderSpec  # noqa: E402
-from prefine.params import FinetuneParams, load_with  # noqa: E402
+from prefine.models.objectives import load_pretrained  # noqa: E402
+from prefine.params import FinetuneParams, Params, load_with  # noqa: E402
 from prefine.training import device as devices  # noqa: E402
 from prefine.training import finetuning  # noqa: E402
 from prefine.training.finetuning import SCRATCH  # noqa: E402
+from prefine.training.pretraining import pretrain  # noqa: E402
 
 
 def fine_tune_and_score(strategy: str, encoder: Path | EncoderSpec, labeled: ImageSet, test: ImageSet,
@@ -42,6 +44,17 @@ def fine_tune_and_score(strategy: str, encoder: Path | EncoderSpec, labeled: Ima
     finetuning.train(model, labeled, p, strategy=strategy, seed=seed, device=device, unlabeled=unlabeled)
     result = scores(test.labels, predict(model, test.images, device), test.classes)
     return {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"]}
+
+
+def pretrained_encoder(params: Params, project: Path, name: str) -> tuple[Path, list[dict]]:
+    """params.pretrain trained on project/data/unlabeled (an ingested split), exported as the
+    checkpoint stage exports it: project/<name>.safetensors, and the training history."""
+    state = project / f"{name}.pt"
+    history = pretrain(params, project / "data/unlabeled", state, project / f"plots-{name}")
+    objective, saved = load_pretrained(state)
+    encoder = project / f"{name}.safetensors"
+    weights.save(encoder, objective.encoder, {"spec": saved["meta"]["spec"], "method": saved["meta"]["method"]})
+    return encoder, history
 
 
 def main() -> None:

@@ -49,6 +49,7 @@ class PretrainParams(_Section):
     init: str | None = None  # start the encoder from this weights file (safetensors, or a torch state dict)
     width: int = Field(32, ge=4, le=512)
     depth: int = Field(1, ge=1, le=8)  # conv encoder: 3x3 convs per block
+    pool: int = Field(2, ge=1, le=7)  # conv encoder: the embedding averages a pool x pool grid of the last block
     epochs: int = Field(2, ge=1)
     batch_size: int = Field(256, ge=2)
     lr: float = Field(0.002, gt=0.0, le=1.0)

@@ -9,7 +9,7 @@ from torch import nn
 from prefine.data import store
 from prefine.evaluate import probe
 from prefine.evaluate.metrics import scores
-from prefine.evaluate.probe import knn_accuracy
+from prefine.evaluate.probe import knn_accuracy, linear_probe
 
 CPU = torch.device("cpu")
 
@@ -36,6 +36,26 @@ def test_knn_accuracy_is_one_on_separated_clusters_and_chance_on_noise():
 
 def test_knn_accuracy_needs_two_points():
     assert math.isnan(knn_accuracy(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), k=5))
+
+
+def test_linear_probe_applies_to_raw_embeddings_and_never_predicts_an_absent_class():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 16, generator=gen) * 4 + 50  # far from the origin, unscaled: the folding matters
+    labels = torch.arange(3).repeat_interleave(20)
+    x = centres[labels] + torch.randn(60, 16, generator=gen)
+    weight, bias = linear_probe(x, labels, classes=5)  # classes 3 and 4 have no image
+    assert weight.shape == (5, 16) and bias.shape == (5,)
+    assert torch.equal((x @ weight.T + bias).argmax(1), labels)
+    anywhere = torch.randn(500, 16, generator=gen) * 100
+    assert set((anywhere @ weight.T + bias).argmax(1).tolist()) <= {0, 1, 2}
+
+
+def test_linear_probe_of_two_classes_and_of_one():
+    x = torch.tensor([[0.0, 1.0], [0.2, 1.1], [3.0, 1.0], [3.1, 0.9]])
+    weight, bias = linear_probe(x, torch.tensor([1, 1, 0, 0]), classes=2)
+    assert torch.equal((x @ weight.T + bias).argmax(1), torch.tensor([1, 1, 0, 0]))
+    weight, bias = linear_probe(x, torch.tensor([1, 1, 1, 1]), classes=3)
+    assert torch.equal((x @ weight.T + bias).argmax(1), torch.ones(4, dtype=torch.long))
 
 
 def test_embed_batches_by_pixels_and_reads_a_split_on_disk(tmp_path):

@@ -86,6 +86,18 @@ def test_full_and_scratch_learn_a_separable_task(strategy):
     assert (model(data.images.float() / 255).argmax(1) == data.labels).float().mean() == 1.0
 
 
+def test_linear_fits_the_head_without_steps_and_logs_one_record():
+    torch.manual_seed(0)
+    model = finetuning.build(build_encoder(SPEC), 2, "linear")
+    data, logged = labeled(), []
+    history = finetuning.train(model, data, FinetuneParams(steps=10_000, batch_size=8), "linear", 0,
+                               torch.device("cpu"), on_epoch=logged.append)
+    assert history == logged and len(history) == 1 and history[0]["step"] == 0
+    assert history[0]["train_accuracy"] == 1.0 and history[0]["loss"] < 0.693  # better than a coin
+    model.eval()
+    assert torch.equal(model(data.images.float() / 255).argmax(1), data.labels)
+
+
 def test_full_gives_the_encoder_the_scaled_learning_rate():
     model = finetuning.build(build_encoder(SPEC), 2, "full")
     groups = finetuning.optimizer_for(model, FinetuneParams(lr=0.01, encoder_lr_scale=0.1), "full").param_groups

@@ -22,6 +22,16 @@ def test_conv_depth_stacks_convs_per_block_and_old_specs_are_depth_one():
     assert build_encoder(old).state_dict().keys() == build_encoder(encoder_spec("conv", 1, 28, 8)).state_dict().keys()
 
 
+def test_conv_pool_keeps_a_grid_of_the_last_block_and_old_specs_average_globally():
+    x = torch.rand(2, 1, 32, 32)  # the last block is 8 x 8: four 4 x 4 cells
+    gridded = build_encoder(encoder_spec("conv", 1, 32, 8, pool=2))
+    assert gridded(x).shape == (2, 32 * 4)
+    # the cells average to the global average: the same features, kept apart by place
+    assert torch.allclose(gridded(x).view(2, 32, 4).mean(2), gridded.blocks(x).mean((2, 3)), atol=1e-6)
+    old = {k: v for k, v in encoder_spec("conv", 1, 32, 8, pool=2).items() if k != "pool"}  # from before `pool`
+    assert build_encoder(old)(x).shape == (2, 32)
+
+
 def test_mlp_encoder_is_the_seeds_784_256_64_32():
     encoder = build_encoder(encoder_spec("mlp", 1, 28, 8))
     sizes = [(m.in_features, m.out_features) for m in encoder.modules() if isinstance(m, torch.nn.Linear)]

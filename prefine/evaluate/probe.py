@@ -1,4 +1,5 @@
-"""Cheap looks at an encoder without training anything: embeddings and their kNN accuracy."""
+"""Cheap looks at an encoder without training it: embeddings, their kNN accuracy, and a linear
+probe fitted to convergence."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from prefine.data.store import Pixels, gather
@@ -15,6 +18,8 @@ from prefine.models.nets import to_float
 from prefine.training.device import autocast
 
 BATCH_PIXELS = 1024 * 28 * 28  # pixels a batch holds: 1,024 Fashion-MNIST images, 16 at 224 px
+PROBE_C = 0.1  # inverse L2 strength on standardised embeddings: at 100/class 1 point above C = 1
+PROBE_MAX_ITER = 2000  # L-BFGS iterations; 1,000 embeddings of 512 numbers converge in a few hundred
 KNN_ROWS = 4096  # rows of the kNN similarity matrix at a time: memory KNN_ROWS x N, not N x N
 
 
@@ -56,3 +61,25 @@ def knn_accuracy(embeddings: torch.Tensor, labels: torch.Tensor, k: int) -> floa
         votes = F.one_hot(labels[sim.topk(k, dim=1).indices], classes).sum(dim=1)
         hits.append(votes.argmax(dim=1) == labels[start : start + len(sim)])
     return torch.cat(hits).float().mean().item()
+
+
+def linear_probe(embeddings: torch.Tensor, labels: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight [classes, D], bias [classes]) of a multinomial logistic regression of `labels` on
+    `embeddings`, fitted to convergence by L-BFGS on standardised features with PROBE_C, then
+    folded back so that it applies to the raw embeddings: the probe a frozen encoder deserves, in
+    seconds, where SGD steps leave it under-trained. A class absent from `labels` gets a bias
+    that never wins."""
+    x = embeddings.double().numpy()
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    present = np.unique(labels.numpy())
+    weight, bias = np.zeros((classes, x.shape[1])), np.full(classes, -1e4)
+    if len(present) == 1:
+        bias[present[0]] = 0.0
+    else:
+        with threadpool_limits(limits=1):  # a small problem: BLAS threads only contend on a busy host
+            fit = LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER).fit((x - mean) / std, labels.numpy())
+        coef = fit.coef_ if len(present) > 2 else np.concatenate([-fit.coef_, fit.coef_]) / 2
+        intercept = fit.intercept_ if len(present) > 2 else np.concatenate([-fit.intercept_, fit.intercept_]) / 2
+        weight[present] = coef / std
+        bias[present] = intercept - (coef / std) @ mean
+    return torch.from_numpy(weight).float(), torch.from_numpy(bias).float()

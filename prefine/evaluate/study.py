@@ -81,9 +81,11 @@ def _budget_order(budget: int | str) -> float:
 
 
 def results_table(rows: list[dict]) -> pd.DataFrame:
-    """One row per run (COLUMNS), sorted: methods by name, then scratch, then the baselines; budgets ascending
-    with "all" last, then seeds; the same runs give the same CSV whatever order they finished in."""
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    """One row per run (COLUMNS, then any other keys the rows have), sorted: methods by name, then
+    scratch, then the baselines; budgets ascending with "all" last, then seeds; the same runs give
+    the same CSV whatever order they finished in."""
+    extra = [key for key in dict.fromkeys(k for row in rows for k in row) if key not in COLUMNS]
+    table = pd.DataFrame(rows, columns=[*COLUMNS, *extra])
     keys = pd.DataFrame({
         "kind": table["method"].map(_kind),
         "method": table["method"],

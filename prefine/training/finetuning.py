@@ -1,6 +1,8 @@
 """Fine-tuning strategies, and the from-scratch baseline on the same budget and schedule.
 
-`linear`: the encoder is frozen (weights and BatchNorm statistics), only the head learns.
+`linear`: the encoder is frozen (weights and BatchNorm statistics) and the head is the linear
+probe fitted to convergence on its embeddings (L-BFGS, no steps): at 10 labels per class 0.717
+against 0.703 for 1,000 Adam steps on augmented batches, and 5 s instead of 21 (docs/results.md).
 `partial`: the last `unfreeze` encoder blocks learn (at `encoder_lr_scale` times the head's LR).
 `full`: everything learns, the encoder at `encoder_lr_scale` times the head's LR.
 `semisup`: `full`, plus FixMatch on the unlabeled pool: a prediction on a weakly augmented view
@@ -21,7 +23,9 @@ import torch.nn.functional as F
 
 from prefine.data.augment import strong_view, weak_view
 from prefine.data.store import ImageSet
+from prefine import distributed
 from prefine.distributed import randint_rows
+from prefine.evaluate.probe import embed, linear_probe
 from prefine.errors import PrefineError
 from prefine.models import weights
 from prefine.models.nets import Classifier, Encoder, EncoderSpec, build_encoder, to_float, widen
@@ -55,6 +59,29 @@ def start(strategy: str, encoder: Path | EncoderSpec, classes: int, seed: int, u
         if strategy != SCRATCH:
             weights.load_into(net, init, "finetune.init")
     return build(net, classes, strategy, unfreeze)
+
+
+def probe_head(model: Classifier, labeled: ImageSet, device: torch.device) -> None:
+    """Set the head to the converged linear probe of the encoder's embeddings of `labeled`."""
+    weight, bias = linear_probe(embed(model.encoder, labeled.images, device), labeled.labels, model.head.out_features)
+    with torch.no_grad():
+        model.head.weight.copy_(weight)
+        model.head.bias.copy_(bias)
+
+
+def _probe(model: Classifier, labeled: ImageSet, device: torch.device, on_epoch: EpochFn | None) -> list[dict]:
+    """The `linear` strategy: probe_head, and one record (its loss and accuracy on the labeled
+    images, at step 0: it takes no optimizer step) so its curves exist beside the others."""
+    probe_head(model, labeled, device)
+    logits = embed(model, labeled.images, device)  # the classifier's outputs, in eval mode
+    record = {"epoch": 1, "step": 0, "images": len(labeled),
+              "loss": F.cross_entropy(logits, labeled.labels).item(),
+              "train_accuracy": (logits.argmax(1) == labeled.labels).float().mean().item()}
+    if on_epoch is not None and distributed.is_main():
+        on_epoch(record)
+    print(f"linear: probe fitted on {len(labeled)} embeddings, training accuracy {record['train_accuracy']:.4f}",
+          flush=True)
+    return [record]
 
 
 def optimizer_for(model: Classifier, p: FinetuneParams, strategy: str) -> torch.optim.Optimizer:
@@ -99,10 +126,12 @@ def train(
     """Fine-tune `model` on the labeled set with light augmentation (shifts, optional flips);
     when p.strategy is semisup (for its scratch baseline too), also on the unlabeled pool. Either
     set may be in memory (read_split) or on disk (open_split)."""
+    model.to(device)
+    if strategy == "linear":
+        return _probe(model, labeled, device, on_epoch)
     semisup = p.strategy == "semisup" and strategy in ("semisup", SCRATCH)
     if semisup and (unlabeled is None or len(unlabeled) == 0):
         raise PrefineError("finetune.strategy = semisup needs unlabeled images (data/unlabeled is empty)")
-    model.to(device)
     optimizer = optimizer_for(model, p, strategy)
     pool = unlabeled if semisup else None
 
