@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from prefine import distributed
 from prefine.data.augment import strong_view, weak_view
 from prefine.data.store import ImageSet
-from prefine import distributed
 from prefine.distributed import randint_rows
-from prefine.evaluate.probe import embed, linear_probe
 from prefine.errors import PrefineError
+from prefine.evaluate.probe import embed, linear_probe
 from prefine.models import weights
 from prefine.models.nets import Classifier, Encoder, EncoderSpec, build_encoder, to_float, widen
 from prefine.params import FinetuneParams
