@@ -44,11 +44,16 @@ def test_choose_scores_every_recipe_on_held_out_folds_and_keeps_the_budget(tmp_p
     assert all(0.0 <= s <= 1.0 for s in record["cv_accuracy"].values())
     best = max(record["cv_accuracy"].values())
     assert record["cv_accuracy"][record["choice"]] == best
-    assert record["folds"] == 3 and record["cv_steps"] == round(30 * 2.0 / (len(auto.GRID) * 3))
+    assert record["folds"] == 3 and record["cv_steps"] == round(30 * 2.0 / (sum(r.cost for r in auto.GRID) * 3))
     assert chosen.strategy in {"linear", "partial", "full"} and chosen.strategy != "auto"
     assert (chosen.strategy, chosen.encoder_lr_scale) == (record["recipe"]["strategy"],
                                                           record["recipe"]["encoder_lr_scale"])
     assert chosen.steps == round(30 * record["recipe"]["steps_share"])
+
+
+def test_the_cv_budget_goes_to_the_recipes_that_take_steps() -> None:
+    assert auto.Recipe("linear").cost == 0.0 and auto.Recipe("full", 1.0, 0.5).cost == 0.5
+    assert sum(r.cost for r in auto.GRID) == 3.5  # partial, full x1, full x0.1, and full for half the steps
 
 
 def test_one_label_per_class_cannot_be_cross_validated_and_says_so(tmp_path: Path) -> None:

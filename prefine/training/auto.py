@@ -5,7 +5,9 @@ A small grid of recipes (strategy, encoder LR scale, steps) is fitted on k - 1 s
 of the labeled images and scored on the held-out fold, k times each; the recipe with the best
 mean held-out accuracy (the earlier one on a tie) is then trained on every labeled image. The
 cross-validation fits are shortened so that all of them together cost `auto_budget` times one
-full fine-tuning run; the choice and every score go into the model's metadata and the metrics.
+full fine-tuning run, counted in optimizer steps: the `linear` probe takes none, so the budget
+goes to the recipes that do (the shorter their CV fits, the more a converged probe is favoured
+over them: docs/results.md). The choice and every score go into the model's metadata and the metrics.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ class Recipe:
     def params(self, p: FinetuneParams, steps: int) -> FinetuneParams:
         return p.model_copy(update={"strategy": self.strategy, "encoder_lr_scale": self.encoder_lr_scale,
                                     "steps": max(1, round(steps * self.steps_share))})
+
+    @property
+    def cost(self) -> float:
+        """A CV fit's optimizer steps, in units of cv_steps: the `linear` probe takes none."""
+        return 0.0 if self.strategy == "linear" else self.steps_share
 
     def name(self) -> str:
         steps = "" if self.steps_share == 1.0 else f", {self.steps_share:g} of the steps"
@@ -74,7 +81,7 @@ def choose(encoder: Path, labeled: ImageSet, p: FinetuneParams, seed: int, devic
         chosen = Recipe("full")
         return chosen.params(p, p.steps), {"choice": chosen.name(), "reason": f"{smallest} labeled image(s) "
                                            "in some class: too few to cross-validate; full fine-tuning"}
-    cv_steps = max(1, round(p.steps * p.auto_budget / (len(GRID) * k)))
+    cv_steps = max(1, round(p.steps * p.auto_budget / (sum(r.cost for r in GRID) * k)))
     held_out = folds(labeled.labels, k, seed)
     splits = [(_subset(labeled, torch.cat([rows for g, rows in enumerate(held_out) if g != f])),
                _subset(labeled, test_rows)) for f, test_rows in enumerate(held_out)]  # read once, fitted 5x
