@@ -8,7 +8,7 @@ seed would) in a temporary project. Prints the tables and writes them to --out u
 saying how they were made; --readme also rewrites the README's results table. Usage:
 
     OMP_NUM_THREADS=1 python benchmarks/baselines.py [--budgets 10,100] [--seeds 0,1,2]
-    python benchmarks/baselines.py --networks --readme README.md    # about 30 min on 2 CPU cores
+    python benchmarks/baselines.py --networks --readme README.md    # 19 min on 2 CPU cores (session 9)
 """
 
 from __future__ import annotations
