@@ -18,6 +18,19 @@ from PIL import Image
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
+def _share_the_cores() -> None:
+    """Under pytest-xdist each worker (and every stage process it starts) gets its share of the
+    cores: two torch processes that each spin a thread per core run many times slower."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+_share_the_cores()
+
+
 def _write_idx(path: Path, array: np.ndarray) -> None:
     """An unsigned-byte IDX file (gzip when the name ends in .gz), header from the array shape."""
     array = np.ascontiguousarray(array, dtype=np.uint8)

@@ -25,6 +25,7 @@ from projects import ROOT, dvc, git, make_project
 
 PREFINE = [sys.executable, "-m", "flows.cli"]
 KEYS = {"AWS_ACCESS_KEY_ID": "fleet", "AWS_SECRET_ACCESS_KEY": "fleet", "AWS_DEFAULT_REGION": "us-east-1"}
+STOP_GRACE_S = 5
 IDENTITY = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
             for what, value in (("NAME", "Fleet worker"), ("EMAIL", "worker@fleet.test"))}
 
@@ -55,9 +56,12 @@ def _answers(url: str) -> bool:
 
 @contextmanager
 def service(command: list[str], env: dict[str, str], log: Path, ready: str | None) -> Iterator[subprocess.Popen]:
-    """A server subprocess, up once `ready` answers (None: at once), stopped at the end."""
+    """A server subprocess, up once `ready` answers (None: at once), stopped at the end: SIGTERM,
+    and SIGKILL to its whole process group after STOP_GRACE_S (SeaweedFS takes 25 s to stop
+    politely; what it holds is a temp folder)."""
     with log.open("w") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                   start_new_session=True)
     try:
         if ready:
             wait_for(lambda: process.poll() is not None or _answers(ready), 120, f"{command[:3]} to answer")
@@ -66,10 +70,12 @@ def service(command: list[str], env: dict[str, str], log: Path, ready: str | Non
     finally:
         process.terminate()
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=STOP_GRACE_S)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            pass
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # and whatever it started (uvicorn, flow runs)
+        process.wait()
 
 
 @contextmanager

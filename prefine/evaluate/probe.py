@@ -9,7 +9,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 from torch import nn
 
@@ -76,6 +75,8 @@ def linear_probe(embeddings: torch.Tensor, labels: torch.Tensor, classes: int) -
     if len(present) == 1:
         bias[present[0]] = 0.0
     else:
+        from sklearn.linear_model import LogisticRegression  # here: 1 s to import, the kNN probe needs none
+
         with threadpool_limits(limits=1):  # a small problem: BLAS threads only contend on a busy host
             fit = LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER).fit((x - mean) / std, labels.numpy())
         coef = fit.coef_ if len(present) > 2 else np.concatenate([-fit.coef_, fit.coef_]) / 2

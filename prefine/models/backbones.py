@@ -17,9 +17,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models.vision_transformer import VisionTransformer
 
 from prefine.errors import PrefineError
 
@@ -45,6 +43,14 @@ class Backbone(nn.Module):
         return self.net(x)
 
 
+def _models():
+    """torchvision.models, imported when a backbone is built: importing it loads torch._dynamo
+    (1.3 s), which every stage that builds no torchvision network would pay for nothing."""
+    import torchvision.models
+
+    return torchvision.models
+
+
 def _kaiming(conv: nn.Conv2d) -> nn.Conv2d:
     """ResNet's init of a conv it builds."""
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
@@ -64,7 +70,7 @@ def _small_stem(channels: int, width: int, bias: bool) -> nn.Conv2d:
 
 def _resnet(name: str) -> Callable[[int, int], Backbone]:
     def build(channels: int, size: int) -> Backbone:
-        net = getattr(torchvision.models, name)(weights=None)
+        net = getattr(_models(), name)(weights=None)
         if size < SMALL_IMAGE:
             net.conv1, net.maxpool = _kaiming(_small_stem(channels, 64, bias=False)), nn.Identity()
         elif channels != 3:
@@ -77,7 +83,7 @@ def _resnet(name: str) -> Callable[[int, int], Backbone]:
 
 
 def _convnext_tiny(channels: int, size: int) -> Backbone:
-    net = torchvision.models.convnext_tiny(weights=None)
+    net = _models().convnext_tiny(weights=None)
     if size < SMALL_IMAGE:
         net.features[0][0] = _trunc_normal(_small_stem(channels, 96, bias=True), 0.02)
     elif channels != 3:
@@ -92,7 +98,7 @@ def _vit_b_16(channels: int, size: int) -> Backbone:
     patch = SMALL_PATCH if size < SMALL_IMAGE else VIT_PATCH
     if size % patch:
         raise PrefineError(f"ingest.image_size = {size}: vit_b_16 needs a multiple of {patch} (its patch size)")
-    net = VisionTransformer(size, patch, num_layers=12, num_heads=12, hidden_dim=768, mlp_dim=3072)
+    net = _models().VisionTransformer(size, patch, num_layers=12, num_heads=12, hidden_dim=768, mlp_dim=3072)
     if channels != 3:
         net.conv_proj = _trunc_normal(nn.Conv2d(channels, 768, patch, patch), math.sqrt(1 / (channels * patch**2)))
     dim, net.heads = net.hidden_dim, nn.Identity()

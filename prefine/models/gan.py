@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
-from torchvision.utils import save_image
 
 from prefine.atomic import atomic_path
 from prefine.distributed import randn_rows
@@ -105,5 +104,7 @@ def save_samples(model: GAN, path: Path, seed: int, count: int = 64) -> None:
     """A grid of samples from a z fixed by `seed`, so runs compare and mode collapse shows."""
     z = torch.randn(count, model.latent, generator=torch.Generator().manual_seed(seed))
     images = model.sample(z.to(next(model.parameters()).device)).float().cpu()
+    from torchvision.utils import save_image  # here: importing torchvision costs every stage 1.3 s
+
     with atomic_path(path) as tmp:
         save_image(images, tmp, nrow=8, padding=2, pad_value=1.0, format="png")
