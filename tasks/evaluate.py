@@ -1,5 +1,6 @@
-"""evaluate stage: both classifiers and the trivial baselines on data/test; headline metrics for
-`dvc metrics` / `dvc exp show` (with a verdict), per-class detail beside them, confusion plots."""
+"""evaluate stage: both classifiers, the pretrained encoder's linear probe and the trivial
+baselines on data/test; headline metrics for `dvc metrics` / `dvc exp show` (with a verdict),
+per-class detail beside them, confusion plots."""
 
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ from prefine.atomic import atomic_path
 from prefine.data.store import ImageSet, open_split, read_split, read_split_manifest
 from prefine.evaluate import baselines
 from prefine.evaluate.metrics import confusion_table, predict, scores
+from prefine.evaluate.probe import probe_head
 from prefine.models import weights
+from prefine.models.nets import Classifier
 from prefine.params import Params
 from prefine.training import device as devices
 from tasks.stage import run_stage
 
 HEADLINE = ("accuracy", "macro_f1")  # per model in evaluate.json; the rest goes to the detail file
 NETWORKS = {"pretrained": paths.CLASSIFIER_FILE, "scratch": paths.SCRATCH_FILE}
+PROBE = "linear_probe"
 
 
 def identify_test_set(folder: Path) -> dict[str, str | int]:
@@ -43,6 +47,16 @@ def score_networks(test: ImageSet) -> tuple[dict[str, dict], dict[str, dict]]:
     return results, meta
 
 
+def score_probe(labeled: ImageSet, test: ImageSet) -> dict:
+    """The pretrained encoder, frozen, under the `linear` strategy's converged head fitted on the
+    labeled set: what the pretraining alone is worth, whatever the fine-tuning did with it."""
+    device = devices.pick()
+    encoder, _ = weights.load_encoder(paths.ENCODER_FILE)
+    model = Classifier(encoder, len(test.classes)).to(device)
+    probe_head(model, labeled, device)
+    return scores(test.labels, predict(model, test.images, device), test.classes)
+
+
 def write_json(path: Path, data: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -53,10 +67,13 @@ def evaluate(params: Params) -> dict:
     experiments) and metrics/evaluate_detail.json (per-class accuracy, baseline timings)."""
     test = open_split(paths.TEST_DIR)  # read a batch at a time: a test split of any size
     results, meta = score_networks(test)
+    labeled = read_split(paths.LABELED_DIR)
     start = time.perf_counter()
+    results[PROBE] = score_probe(labeled, test)
+    probe_s = time.perf_counter() - start
     k = params.checkpoint.knn_k
-    results |= baselines.evaluate(read_split(paths.LABELED_DIR), test, open_split(paths.UNLABELED_DIR).images, k)
-    baseline_s = time.perf_counter() - start
+    results |= baselines.evaluate(labeled, test, open_split(paths.UNLABELED_DIR).images, k)
+    baseline_s = time.perf_counter() - start - probe_s
     metrics = {
         "strategy": strategy_of(meta["pretrained"]),
         "labels_per_class": meta["pretrained"]["labels_per_class"],
@@ -72,6 +89,7 @@ def evaluate(params: Params) -> dict:
     detail = {
         **({"auto": meta["pretrained"]["auto"]} if "auto" in meta["pretrained"] else {}),  # the CV scores
         "per_class": {name: r["per_class"] for name, r in results.items()},
+        "linear_probe_seconds": round(probe_s, 3),
         "baselines": {
             "seconds": {name: results[name]["seconds"] for name in baselines.BASELINES},
             "total_seconds": round(baseline_s, 3),
@@ -82,7 +100,7 @@ def evaluate(params: Params) -> dict:
     }
     write_json(paths.EVALUATE_METRICS_FILE, metrics)
     write_json(paths.EVALUATE_DETAIL_FILE, detail)
-    report(metrics, baseline_s)
+    report(metrics, baseline_s, probe_s)
     return metrics
 
 
@@ -91,13 +109,13 @@ def strategy_of(meta: dict) -> str:
     return f"auto -> {meta['auto']['choice']}" if "auto" in meta else meta["strategy"]
 
 
-def report(metrics: dict, baseline_s: float) -> None:
+def report(metrics: dict, baseline_s: float, probe_s: float) -> None:
     """One line per model, then the verdict in words."""
-    for name in (*NETWORKS, *baselines.BASELINES):
+    for name in (*NETWORKS, PROBE, *baselines.BASELINES):
         r = metrics[name]
         print(f"evaluate: {name:14s} accuracy {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}")
     v = metrics["verdict"]
-    print(f"evaluate: baselines took {baseline_s:.1f} s")
+    print(f"evaluate: the linear probe took {probe_s:.1f} s, the baselines {baseline_s:.1f} s")
     print(f"evaluate: pretrained {'beats' if v['beats_scratch'] else 'LOSES to'} scratch and "
           f"{'beats' if v['beats_best_baseline'] else 'LOSES to'} the best baseline ({v['best_baseline']}) on accuracy")
 

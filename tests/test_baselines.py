@@ -91,13 +91,16 @@ def _write(folder, data: ImageSet) -> None:
 
 @pytest.fixture
 def evaluated(tmp_path, monkeypatch) -> dict:
-    """The evaluate stage in a folder holding separable splits and two untrained (chance) networks."""
+    """The evaluate stage in a folder holding separable splits, two untrained (chance) networks,
+    and an untrained encoder (its random 2x2-grid features still tell the bands apart)."""
     monkeypatch.chdir(tmp_path)
     for folder, data in ((paths.LABELED_DIR, blocks(10, 0)), (paths.TEST_DIR, blocks(30, 1)),
                          (paths.UNLABELED_DIR, blocks(100, 2))):
         _write(folder, data)
     spec = encoder_spec("conv", 1, 16, 4)
     torch.manual_seed(0)
+    grid = encoder_spec("conv", 1, 16, 4, pool=2)
+    weights.save(paths.ENCODER_FILE, build_encoder(grid), {"spec": grid, "method": "simclr"})
     for path in (paths.CLASSIFIER_FILE, paths.SCRATCH_FILE):
         meta = {"spec": spec, "classes": CLASSES, "strategy": "full", "labels_per_class": 10, "encoder": None}
         weights.save(path, Classifier(build_encoder(spec), len(CLASSES)), meta)
@@ -107,8 +110,9 @@ def evaluated(tmp_path, monkeypatch) -> dict:
 def test_evaluate_writes_headline_metrics_and_says_an_untrained_network_loses(evaluated):
     written = json.loads(paths.EVALUATE_METRICS_FILE.read_text())
     assert written == evaluated
-    for name in ("pretrained", "scratch", *baselines.BASELINES):
+    for name in ("pretrained", "scratch", "linear_probe", *baselines.BASELINES):
         assert set(written[name]) == {"accuracy", "macro_f1"}, name
+    assert written["linear_probe"]["accuracy"] > max(written[n]["accuracy"] for n in ("pretrained", "scratch")) + 0.2
     assert written["classes"] == CLASSES and written["labels_per_class"] == 10 and written["test_images"] == 90
     shas = sorted(pd.read_parquet(paths.TEST_DIR / "manifest.parquet")["sha256"])
     assert written["test_set"] == {"sha256": hashlib.sha256("\n".join(shas).encode()).hexdigest(), "images": 90}
@@ -119,7 +123,8 @@ def test_evaluate_writes_headline_metrics_and_says_an_untrained_network_loses(ev
 
 def test_evaluate_puts_per_class_accuracy_and_timings_in_the_detail_file(evaluated):
     detail = json.loads(paths.EVALUATE_DETAIL_FILE.read_text())
-    assert set(detail["per_class"]) == {"pretrained", "scratch", *baselines.BASELINES}
+    assert set(detail["per_class"]) == {"pretrained", "scratch", "linear_probe", *baselines.BASELINES}
+    assert detail["linear_probe_seconds"] > 0
     assert all(set(per_class) == set(CLASSES) for per_class in detail["per_class"].values())
     assert set(detail["baselines"]["seconds"]) == set(baselines.BASELINES)
     assert (paths.CONFUSION_PLOTS_DIR / "pretrained.csv").is_file()

@@ -276,7 +276,7 @@ def test_a_study_fans_its_cells_out_over_the_workers_and_a_rerun_trains_nothing(
     one_cell = [*STUDY, "study.methods=[simclr]", "study.budgets=[1]"]  # the same cell: its name is its overrides
     one_host = _study_of(api, tmp_path / "c", origin, one_cell, None)  # its clone does not look at the origin's refs
     here, keys = pd.read_csv(one_host["csv"]), ["method", "labels_per_class", "seed"]
-    assert one_host["ran"] == 1 and len(here) == 6 and table.merge(here[keys], on=keys).equals(here)
+    assert one_host["ran"] == 1 and len(here) == 7 and table.merge(here[keys], on=keys).equals(here)
 
 
 def test_a_cell_whose_worker_dies_runs_again_on_another_and_the_study_completes(

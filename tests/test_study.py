@@ -22,6 +22,8 @@ from prefine.errors import PrefineError
 from prefine.evaluate.baselines import BASELINES
 from prefine.evaluate.study import (
     SCRATCH,
+    Cell,
+    cell_rows,
     markdown,
     plan,
     results_table,
@@ -69,6 +71,18 @@ def test_markdown_has_a_row_per_method_and_a_column_per_budget() -> None:
     assert lines[3] == "| scratch | 0.440 ± 0.040 | 0.610 ± 0.010 | 0.890 ± 0.000 |"
     one_seed = markdown(summarize(results_table([r for r in _rows() if r["seed"] == 0])))
     assert "| simclr | 0.500 | 0.700 | 0.900 |" in one_seed  # no std of a single value
+
+
+def test_a_cell_gives_its_network_its_probe_and_the_shared_rows_and_an_older_cell_no_probe() -> None:
+    cell = Cell("simclr", 10, 0, (), "study-simclr-10-seed0-x")
+    scored = {"pretrained": 0.8, "linear_probe": 0.75, SCRATCH: 0.7, **dict.fromkeys(BASELINES, 0.6)}
+    metrics = {name: {"accuracy": a, "macro_f1": a - 0.01} for name, a in scored.items()}
+    rows = cell_rows(cell, metrics, {"labeled": 100}, with_shared=True)
+    assert [(r["method"], r["accuracy"]) for r in rows[:3]] == [("simclr", 0.8), ("simclr probe", 0.75), (SCRATCH, 0.7)]
+    assert [r["method"] for r in rows[3:]] == list(BASELINES) and all(r["labeled"] == 100 for r in rows)
+    del metrics["linear_probe"]  # evaluated before the probe was scored
+    assert [r["method"] for r in cell_rows(cell, metrics, {"labeled": 100}, with_shared=False)] == ["simclr"]
+    assert list(results_table(rows)["method"])[:3] == ["simclr", "simclr probe", SCRATCH]
 
 
 def test_report_files_and_redrawing_from_the_csv(tmp_path: Path) -> None:
@@ -154,10 +168,10 @@ def test_cells_are_experiments_of_the_pipeline_and_a_rerun_trains_nothing(
         assert params["seed"] == 0 and params["finetune"]["steps"] == 5
 
     csv = pd.read_csv(summary["csv"])
-    methods = ("simclr", SCRATCH, *BASELINES)
+    methods = ("simclr", "simclr probe", SCRATCH, *BASELINES)
     assert set(zip(csv["method"], csv["labels_per_class"], csv["seed"], strict=True)) == {
         (m, b, 0) for m in methods for b in (1, 2)}
-    assert len(csv) == 12 and csv["accuracy"].between(0, 1).all()
+    assert len(csv) == 14 and csv["accuracy"].between(0, 1).all()
     assert (csv["labeled"] == csv["labels_per_class"] * 10).all()  # baselines use the networks' subsets
     for row in csv[csv["method"] == "simclr"].itertuples():  # the table is what the experiment recorded
         ref = next(r for r in refs if f"/study-simclr-{row.labels_per_class}-" in r)

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from prefine.data.store import Pixels, gather
-from prefine.models.nets import to_float
+from prefine.data.store import ImageSet, Pixels, gather
+from prefine.models.nets import Classifier, to_float
 from prefine.training.device import autocast
 
 BATCH_PIXELS = 1024 * 28 * 28  # pixels a batch holds: 1,024 Fashion-MNIST images, 16 at 224 px
@@ -84,3 +84,11 @@ def linear_probe(embeddings: torch.Tensor, labels: torch.Tensor, classes: int) -
         weight[present] = coef / std
         bias[present] = intercept - (coef / std) @ mean
     return torch.from_numpy(weight).float(), torch.from_numpy(bias).float()
+
+
+def probe_head(model: Classifier, labeled: ImageSet, device: torch.device) -> None:
+    """Set the head to the converged linear probe of the encoder's embeddings of `labeled`."""
+    weight, bias = linear_probe(embed(model.encoder, labeled.images, device), labeled.labels, model.head.out_features)
+    with torch.no_grad():
+        model.head.weight.copy_(weight)
+        model.head.bias.copy_(bias)

@@ -27,6 +27,7 @@ from prefine.training.finetuning import SCRATCH
 
 ALL = "all"  # the budget "every labeled training image"
 COLUMNS = ["method", "labels_per_class", "seed", "labeled", "accuracy", "macro_f1"]
+PROBE = "linear_probe"  # evaluate.json's key of the pretrained encoder's linear probe; row "<method> probe"
 REPORT = "label_budget"  # <out>/label_budget.{csv,md,png}
 METRIC_TITLES = {"accuracy": "Test accuracy", "macro_f1": "Test macro-F1"}
 
@@ -62,13 +63,15 @@ def plan(params: Params, profile: str | None, base: list[str]) -> list[Cell]:
 
 
 def cell_rows(cell: Cell, metrics: dict, ingest: dict, with_shared: bool) -> list[dict]:
-    """The table's rows from a cell's metrics/evaluate.json and metrics/ingest.json: its method's,
-    and with `with_shared` its scratch twin's and the trivial baselines' (the same for every
-    method of a budget and seed: one cell of them gives those rows)."""
-    names = [cell.method, *([SCRATCH, *BASELINES] if with_shared else [])]
+    """The table's rows from a cell's metrics/evaluate.json and metrics/ingest.json: its method's
+    fine-tuned network and its encoder's linear probe (`<method> probe`; cells evaluated before
+    the probe was scored have none), and with `with_shared` its scratch twin's and the trivial
+    baselines' (the same for every method of a budget and seed: one cell of them gives those)."""
+    keys = {cell.method: "pretrained", f"{cell.method} probe": PROBE,
+            **({name: name for name in (SCRATCH, *BASELINES)} if with_shared else {})}
     return [{"method": name, "labels_per_class": cell.budget, "seed": cell.seed, "labeled": ingest["labeled"],
-             "accuracy": metrics["pretrained" if name == cell.method else name]["accuracy"],
-             "macro_f1": metrics["pretrained" if name == cell.method else name]["macro_f1"]} for name in names]
+             "accuracy": metrics[key]["accuracy"], "macro_f1": metrics[key]["macro_f1"]}
+            for name, key in keys.items() if key in metrics]
 
 
 def _kind(method: str) -> int:
@@ -134,12 +137,15 @@ def report_markdown(summary: pd.DataFrame) -> str:
 
 def plot(summary: pd.DataFrame, path: Path, classes: int) -> None:
     """Test accuracy against labels per class (log x), a line per method with std error bars,
-    scratch dashed, the trivial baselines dotted grey; "all" sits at its real mean count per class and is labelled "all"."""
+    its linear probe dash-dotted, scratch dashed, the trivial baselines dotted grey; "all" sits at
+    its real mean count per class and is labelled "all"."""
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     FigureCanvasAgg(figure)  # Agg: no display, and no pyplot state shared between threads
     ax = figure.add_subplot()
     for method, rows in summary.groupby("method", sort=False):
         style = {"color": "black", "linestyle": "--"} if method == SCRATCH else {}
+        if method.endswith(" probe"):
+            style = {"linestyle": "-."}
         if method in BASELINES:
             style = {"color": "grey", "linestyle": ":", "alpha": 0.8}
         ax.errorbar(

@@ -26,7 +26,7 @@ from prefine.data.augment import strong_view, weak_view
 from prefine.data.store import ImageSet
 from prefine.distributed import randint_rows
 from prefine.errors import PrefineError
-from prefine.evaluate.probe import embed, linear_probe
+from prefine.evaluate.probe import embed, probe_head
 from prefine.models import weights
 from prefine.models.nets import Classifier, Encoder, EncoderSpec, build_encoder, to_float, widen
 from prefine.params import FinetuneParams
@@ -59,14 +59,6 @@ def start(strategy: str, encoder: Path | EncoderSpec, classes: int, seed: int, u
         if strategy != SCRATCH:
             weights.load_into(net, init, "finetune.init")
     return build(net, classes, strategy, unfreeze)
-
-
-def probe_head(model: Classifier, labeled: ImageSet, device: torch.device) -> None:
-    """Set the head to the converged linear probe of the encoder's embeddings of `labeled`."""
-    weight, bias = linear_probe(embed(model.encoder, labeled.images, device), labeled.labels, model.head.out_features)
-    with torch.no_grad():
-        model.head.weight.copy_(weight)
-        model.head.bias.copy_(bias)
 
 
 def _probe(model: Classifier, labeled: ImageSet, device: torch.device, on_epoch: EpochFn | None) -> list[dict]:
