@@ -60,8 +60,11 @@ def decode_sized(path: Path, image_size: int, channels: int) -> tuple[np.ndarray
         with _open(path) as opened:
             shown = _shown_size(opened)
             opened.draft(None, (image_size, image_size))  # JPEG only: decode no larger than needed
-            flat = _flatten(_to_8bit(ImageOps.exif_transpose(opened)))
-            img = flat.convert("L" if channels == 1 else "RGB")
+            ImageOps.exif_transpose(opened, in_place=True)  # in place: a copy costs ~3% of a decode
+            opened.load()
+            flat = _flatten(_to_8bit(opened))
+            mode = "L" if channels == 1 else "RGB"
+            img = flat if flat.mode == mode else flat.convert(mode)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PrefineError(f"{path}: refused before decoding: {exc}") from None
     except (OSError, ValueError, EOFError) as exc:
