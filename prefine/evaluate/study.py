@@ -22,12 +22,13 @@ from matplotlib.ticker import NullLocator
 from prefine import fingerprint
 from prefine.atomic import atomic_path
 from prefine.evaluate.baselines import BASELINES
+from prefine.evaluate.probe import PROBE
 from prefine.params import Params
 from prefine.training.finetuning import SCRATCH
 
 ALL = "all"  # the budget "every labeled training image"
 COLUMNS = ["method", "labels_per_class", "seed", "labeled", "accuracy", "macro_f1"]
-PROBE = "linear_probe"  # evaluate.json's key of the pretrained encoder's linear probe; row "<method> probe"
+PROBE_ROW = " probe"  # a method's encoder's linear probe (evaluate.json's PROBE) is row "<method> probe"
 REPORT = "label_budget"  # <out>/label_budget.{csv,md,png}
 METRIC_TITLES = {"accuracy": "Test accuracy", "macro_f1": "Test macro-F1"}
 
@@ -67,7 +68,7 @@ def cell_rows(cell: Cell, metrics: dict, ingest: dict, with_shared: bool) -> lis
     fine-tuned network and its encoder's linear probe (`<method> probe`; cells evaluated before
     the probe was scored have none), and with `with_shared` its scratch twin's and the trivial
     baselines' (the same for every method of a budget and seed: one cell of them gives those)."""
-    keys = {cell.method: "pretrained", f"{cell.method} probe": PROBE,
+    keys = {cell.method: "pretrained", cell.method + PROBE_ROW: PROBE,
             **({name: name for name in (SCRATCH, *BASELINES)} if with_shared else {})}
     return [{"method": name, "labels_per_class": cell.budget, "seed": cell.seed, "labeled": ingest["labeled"],
              "accuracy": metrics[key]["accuracy"], "macro_f1": metrics[key]["macro_f1"]}
@@ -143,11 +144,12 @@ def plot(summary: pd.DataFrame, path: Path, classes: int) -> None:
     FigureCanvasAgg(figure)  # Agg: no display, and no pyplot state shared between threads
     ax = figure.add_subplot()
     for method, rows in summary.groupby("method", sort=False):
-        style = {"color": "black", "linestyle": "--"} if method == SCRATCH else {}
-        if method.endswith(" probe"):
-            style = {"linestyle": "-."}
-        if method in BASELINES:
+        if method == SCRATCH:
+            style = {"color": "black", "linestyle": "--"}
+        elif method in BASELINES:
             style = {"color": "grey", "linestyle": ":", "alpha": 0.8}
+        else:
+            style = {"linestyle": "-."} if method.endswith(PROBE_ROW) else {}
         ax.errorbar(
             rows["labeled"] / classes, rows["accuracy_mean"], yerr=rows["accuracy_std"].fillna(0.0),
             marker="o", capsize=3, label=method, **style,
