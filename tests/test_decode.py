@@ -105,3 +105,13 @@ def test_decompression_bomb_refused_from_its_header(tmp_path, side):
 def test_suffixes_come_from_pillows_readers():
     assert {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".pgm"} <= IMAGE_SUFFIXES
     assert not {".pdf", ".h5", ".txt", ""} & IMAGE_SUFFIXES  # write-only, stub, not images
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".PNG", ".unknown"])
+def test_a_file_whose_suffix_names_another_format_still_decodes(tmp_path, suffix):
+    """The suffix only orders the readers tried: a PNG saved as .jpg (or upper case, or no known
+    suffix) decodes to the same pixels as the .png it is."""
+    png = _save(tmp_path / "ramp.png", Image.fromarray(RAMP))
+    misnamed = tmp_path / f"ramp{suffix}"
+    misnamed.write_bytes(png.read_bytes())
+    assert np.array_equal(decode_image(misnamed, 16, 1), decode_image(png, 16, 1))

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from prefine.data.cache import CHUNK_MAX, CHUNK_MIN, _spans
 from prefine.data.ingest import CACHE_NAME, dedupe, ingest
 from prefine.data.sources import FASHION_CLASSES
 from prefine.data import store
@@ -309,3 +310,13 @@ def test_stage_entry_point(fmnist_slice, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "labeled" in done.stdout and (tmp_path / "metrics" / "ingest.json").is_file()
     assert read_split(tmp_path / "data" / "test").images.shape == (300, 1, 28, 28)
+
+
+@pytest.mark.parametrize(("count", "workers"), [(10_000, 2), (1000, 16), (100, 2), (5, 1), (0, 4)])
+def test_decode_tasks_cover_every_file_once_and_shrink_towards_the_end(count, workers):
+    """Guided scheduling: no core waits long on another's last task."""
+    spans = _spans(count, workers)
+    assert [i for start, end in spans for i in range(start, end)] == list(range(count))
+    sizes = [end - start for start, end in spans]
+    assert all(size <= CHUNK_MAX for size in sizes) and all(size >= CHUNK_MIN for size in sizes[:-1])
+    assert all(a >= b for a, b in zip(sizes, sizes[1:-1]))  # large first; the last one is what is left

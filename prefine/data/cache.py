@@ -31,7 +31,8 @@ from prefine.data.store import Records, content_hashes
 
 KEY = ["path", "size", "mtime_ns"]  # a file is known when all three match
 INDEX = "index.parquet"
-CHUNK_MAX = 256  # files per task: big enough to amortise a task, small enough to balance cores
+CHUNK_MAX = 256  # files per task: big enough to amortise a task
+CHUNK_MIN = 16  # the last tasks shrink to this, so no core idles long while another finishes
 
 
 @dataclass
@@ -121,8 +122,7 @@ def _write_index(folder: Path, table: pd.DataFrame) -> None:
 
 def _decode_new(paths: list[str], image_size: int, channels: int, folder: Path, workers: int) -> pd.DataFrame:
     """Decode `paths` into new chunks; one row per path (sha256, width, height, chunk, row)."""
-    size = max(1, min(CHUNK_MAX, math.ceil(len(paths) / (4 * workers))))
-    tasks = [(paths[i : i + size], image_size, channels, folder) for i in range(0, len(paths), size)]
+    tasks = [(paths[start:end], image_size, channels, folder) for start, end in _spans(len(paths), workers)]
     if workers == 1 or len(tasks) <= 1:
         done = [decode_chunk(task) for task in tasks]
     else:
@@ -133,6 +133,17 @@ def _decode_new(paths: list[str], image_size: int, channels: int, folder: Path, 
             pool.shutdown(wait=True, cancel_futures=True)
     return pd.DataFrame([row for rows in done for row in rows],
                         columns=["sha256", "width", "height", "chunk", "row"])
+
+
+def _spans(count: int, workers: int) -> list[tuple[int, int]]:
+    """Task boundaries over `count` files, each task a quarter of a worker's share of what is left
+    (CHUNK_MIN..CHUNK_MAX files): large tasks first, small ones last (guided scheduling)."""
+    spans, start = [], 0
+    while start < count:
+        size = min(CHUNK_MAX, max(CHUNK_MIN, math.ceil((count - start) / (4 * workers))))
+        spans.append((start, min(count, start + size)))
+        start += size
+    return spans
 
 
 def decode_chunk(task: tuple[list[str], int, int, Path]) -> list[tuple[str, int, int, str, int]]:

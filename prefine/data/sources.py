@@ -145,13 +145,14 @@ def read_folder(root: Path, decoding: Decoding, classes: list[str] | None = None
                 f"({', '.join(classes)})"
             )
     order = list(classes) if classes is not None else names
-    found = [(path, split) for folder, split in groups for path in _image_files(folder)[:limit]]
     index = {name: i for i, name in enumerate(order)} | {UNLABELED_FOLDER: NO_LABEL}
+    found = [(folder, split, name) for folder, split in groups for name in _image_files(folder)[:limit]]
+    under = {folder: folder.relative_to(root).as_posix() for folder, _ in groups}
     listing = pd.DataFrame({
-        "path": [path for path, _ in found],
-        "label": [index[path.parent.name] for path, _ in found],
-        "split": [split for _, split in found],
-        "origin": [path.relative_to(root).as_posix() for path, _ in found],
+        "path": [folder / name for folder, _, name in found],
+        "label": [index[folder.name] for folder, _, _ in found],
+        "split": [split for _, split, _ in found],
+        "origin": [f"{under[folder]}/{name}" for folder, _, name in found],
     })  # fmt: skip
     return decoding.decode(listing, order)
 
@@ -174,13 +175,16 @@ def _subfolders(folder: Path) -> list[Path]:
     return found
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """The visible files Pillow reads, sorted (a dot file such as macOS's ._a.png is metadata);
-    none is an error saying what the folder holds instead."""
-    files = sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-    )  # fmt: skip
+def _image_files(folder: Path) -> list[str]:
+    """The names of the visible files Pillow reads, sorted (a dot file such as macOS's ._a.png is
+    metadata); none is an error saying what the folder holds instead. os.scandir: a directory
+    entry knows its type, so a million files cost no stat calls."""
+    with os.scandir(folder) as entries:
+        files = sorted(
+            entry.name for entry in entries
+            if not entry.name.startswith(".") and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES
+            and entry.is_file()
+        )  # fmt: skip
     if not files:
         raise PrefineError(_layout_error(folder, "no image files"))
     return files
