@@ -36,10 +36,9 @@ from prefine.data.ingest import CACHE_NAME, Pools, ingest, read_pools  # noqa: E
 from prefine.data.store import read_split  # noqa: E402
 from prefine.errors import PrefineError  # noqa: E402
 from prefine.evaluate import baselines  # noqa: E402
-from prefine.evaluate.probe import PROBE  # noqa: E402
+from prefine.evaluate.names import PROBE, SCRATCH  # noqa: E402
 from prefine.evaluate.study import markdown, results_table, summarize  # noqa: E402
 from prefine.params import Params, load_with  # noqa: E402
-from prefine.training.finetuning import SCRATCH  # noqa: E402
 
 OUT = ROOT / "reports" / "baselines.md"
 README_BEGIN = "<!-- results: made by benchmarks/baselines.py --networks --readme README.md -->"

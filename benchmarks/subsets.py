@@ -31,7 +31,7 @@ from prefine.models.objectives import load_pretrained  # noqa: E402
 from prefine.params import FinetuneParams, Params, load_with  # noqa: E402
 from prefine.training import device as devices  # noqa: E402
 from prefine.training import finetuning  # noqa: E402
-from prefine.training.finetuning import SCRATCH  # noqa: E402
+from prefine.evaluate.names import SCRATCH  # noqa: E402
 from prefine.training.pretraining import pretrain  # noqa: E402
 
 

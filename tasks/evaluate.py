@@ -15,7 +15,8 @@ from prefine.atomic import atomic_path
 from prefine.data.store import ImageSet, open_split, read_split, read_split_manifest
 from prefine.evaluate import baselines
 from prefine.evaluate.metrics import confusion_table, predict, scores
-from prefine.evaluate.probe import PROBE, probe_head
+from prefine.evaluate.names import BASELINES, PROBE
+from prefine.evaluate.probe import probe_head
 from prefine.models import weights
 from prefine.models.nets import Classifier
 from prefine.params import Params
@@ -90,7 +91,7 @@ def evaluate(params: Params) -> dict:
         "per_class": {name: r["per_class"] for name, r in results.items()},
         "linear_probe_seconds": round(probe_s, 3),
         "baselines": {
-            "seconds": {name: results[name]["seconds"] for name in baselines.BASELINES},
+            "seconds": {name: results[name]["seconds"] for name in BASELINES},
             "total_seconds": round(baseline_s, 3),
             "knn_k": k,
             "pca_components_max": baselines.PCA_COMPONENTS,
@@ -110,7 +111,7 @@ def strategy_of(meta: dict) -> str:
 
 def report(metrics: dict, baseline_s: float, probe_s: float) -> None:
     """One line per model, then the verdict in words."""
-    for name in (*NETWORKS, PROBE, *baselines.BASELINES):
+    for name in (*NETWORKS, PROBE, *BASELINES):
         r = metrics[name]
         print(f"evaluate: {name:14s} accuracy {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}")
     v = metrics["verdict"]

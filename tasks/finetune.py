@@ -10,7 +10,7 @@ from prefine.models import weights
 from prefine.params import Params
 from prefine.training import device as devices
 from prefine.training import auto, finetuning
-from prefine.training.finetuning import SCRATCH
+from prefine.evaluate.names import SCRATCH
 from prefine.training.launch import data_parallel
 from prefine.training.logbook import EpochLog
 from tasks.stage import run_stage

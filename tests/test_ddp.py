@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import faults
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.e2e
 TINY = ["ingest.limit=600", "pretrain.width=4", "pretrain.epochs=2", "pretrain.batch_size=64", "pretrain.workers=0",
         "pretrain.save_every=4", "pretrain.expander=32", "finetune.steps=8", "finetune.labels_per_class=10",
         "finetune.batch_size=32"]
+DDP = ["resources.devices=2"]
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +38,22 @@ def ingested(fmnist_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     result = dvc(project, "repro", "ingest")
     assert result.returncode == 0, result.stdout + result.stderr
     return project
+
+
+@pytest.fixture(scope="module")
+def shared(ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, list[str]], tuple[Path, str]]:
+    """run_stage on `ingested`, each (stage, overrides) run once for the module: a run that
+    several tests compare with (two-device SimCLR, a checkpointed encoder) is not repeated."""
+    done: dict[tuple[str, ...], tuple[Path, str]] = {}
+    base = tmp_path_factory.mktemp("shared")
+
+    def run(stage: str, overrides: list[str]) -> tuple[Path, str]:
+        key = (stage, *overrides)
+        if key not in done:
+            done[key] = run_stage(ingested, base / f"run-{len(done)}", stage, overrides)
+        return done[key]
+
+    return run
 
 
 def run_stage(base: Path, dest: Path, stage: str, overrides: list[str], **instruments) -> tuple[Path, str]:
@@ -64,9 +82,9 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], exact: b
 
 
 @pytest.mark.parametrize("method", ["simclr", "vicreg", "gan"])
-def test_two_processes_pretrain_what_one_does(ingested: Path, tmp_path: Path, method: str) -> None:
+def test_two_processes_pretrain_what_one_does(ingested: Path, shared, tmp_path: Path, method: str) -> None:
     one, _ = run_stage(ingested, tmp_path / "one", "pretrain", [f"pretrain.method={method}"])
-    two, log = run_stage(ingested, tmp_path / "two", "pretrain", [f"pretrain.method={method}", "resources.devices=2"])
+    two, log = shared("pretrain", [f"pretrain.method={method}", *DDP])
     assert "2 processes per host" in log and "rank 1 of 2" in log
     assert pretrained(one)["encoder.blocks.0.0.weight"].dtype == torch.float64
     assert_same(pretrained(one), pretrained(two))
@@ -75,11 +93,11 @@ def test_two_processes_pretrain_what_one_does(ingested: Path, tmp_path: Path, me
     torch.testing.assert_close([r["loss"] for r in curves[0]], [r["loss"] for r in curves[1]])
 
 
-def test_data_parallel_runs_are_bit_identical_and_survive_a_killed_rank(ingested: Path, tmp_path: Path) -> None:
+def test_data_parallel_runs_are_bit_identical_and_survive_a_killed_rank(ingested: Path, shared, tmp_path: Path) -> None:
     """Two identical DDP runs agree bit for bit; killing rank 1 right after a mid-epoch save makes
     torchrun restart the group, which resumes from that save and ends with the same weights."""
-    ddp = ["resources.devices=2"]
-    first, _ = run_stage(ingested, tmp_path / "first", "pretrain", ddp)
+    ddp = ["pretrain.method=simclr", *DDP]
+    first, _ = shared("pretrain", ddp)
     second, _ = run_stage(ingested, tmp_path / "second", "pretrain", ddp)
     assert_same(pretrained(first), pretrained(second), exact=True)
 
@@ -89,13 +107,20 @@ def test_data_parallel_runs_are_bit_identical_and_survive_a_killed_rank(ingested
     assert_same(pretrained(first), pretrained(killed), exact=True)
 
 
-@pytest.mark.parametrize("strategy", ["full", "semisup"])
-def test_two_processes_fine_tune_what_one_does(ingested: Path, tmp_path: Path, strategy: str) -> None:
-    base, _ = run_stage(ingested, tmp_path / "pretrained", "pretrain", ["pretrain.epochs=1"])
+@pytest.fixture(scope="module")
+def checkpointed(shared) -> Path:
+    """An encoder pretrained for an epoch and checkpointed: what the fine-tuning tests start from."""
+    base, _ = shared("pretrain", ["pretrain.epochs=1"])
     subprocess.run([sys.executable, "-m", "tasks.checkpoint"], cwd=base, env=faults.subprocess_env(float64=True),
                    check=True, capture_output=True)
+    return base
+
+
+@pytest.mark.parametrize("strategy", ["full", "semisup"])
+def test_two_processes_fine_tune_what_one_does(checkpointed: Path, tmp_path: Path, strategy: str) -> None:
+    base = checkpointed
     one, _ = run_stage(base, tmp_path / "one", "finetune", [f"finetune.strategy={strategy}"])
-    two, log = run_stage(base, tmp_path / "two", "finetune", [f"finetune.strategy={strategy}", "resources.devices=2"])
+    two, log = run_stage(base, tmp_path / "two", "finetune", [f"finetune.strategy={strategy}", *DDP])
     assert "2 processes per host" in log
     for name in (paths.CLASSIFIER_FILE, paths.SCRATCH_FILE):
         assert_same(load_file(one / name), load_file(two / name))

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -8,7 +9,7 @@ from torch import nn
 
 from prefine.data import store
 from prefine.evaluate import probe
-from prefine.evaluate.metrics import scores
+from prefine.evaluate.metrics import confusion, scores
 from prefine.evaluate.probe import knn_accuracy, linear_probe
 
 CPU = torch.device("cpu")
@@ -77,3 +78,19 @@ def test_knn_accuracy_is_the_same_a_few_rows_at_a_time(monkeypatch):
     whole = knn_accuracy(embeddings, labels, k=5)
     monkeypatch.setattr(probe, "KNN_ROWS", 7)
     assert knn_accuracy(embeddings, labels, k=5) == whole and 0.3 < whole < 1.0
+
+
+def test_counted_metrics_agree_with_scikit_learn():
+    """scores() counts with numpy; scikit-learn's definitions (macro-F1 over every class, 0 for a
+    class neither seen nor predicted) are the reference, on random labelings and degenerate ones."""
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n, k = int(rng.integers(1, 60)), int(rng.integers(2, 12))
+        y = rng.integers(0, k, n)
+        p = np.zeros(n, np.int64) if trial % 4 == 0 else np.where(rng.random(n) < 0.5, y, rng.integers(0, k, n))
+        got = scores(torch.tensor(y), torch.tensor(p), [str(c) for c in range(k)])
+        assert got["macro_f1"] == pytest.approx(f1_score(y, p, average="macro", labels=list(range(k)), zero_division=0))
+        assert got["accuracy"] == pytest.approx((y == p).mean())
+        assert np.array_equal(confusion(torch.tensor(y), torch.tensor(p), k), confusion_matrix(y, p, labels=list(range(k))))

@@ -19,7 +19,7 @@ from flows.study import label_budget_study
 from prefine.data.ingest import read_pools
 from prefine.data.store import NO_LABEL
 from prefine.errors import PrefineError
-from prefine.evaluate.baselines import BASELINES
+from prefine.evaluate.names import BASELINES
 from prefine.evaluate.study import (
     SCRATCH,
     Cell,

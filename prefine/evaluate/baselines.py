@@ -18,9 +18,9 @@ from threadpoolctl import threadpool_limits
 
 from prefine.data.store import ImageSet, Pixels, gather
 from prefine.evaluate.metrics import scores
+from prefine.evaluate.names import BASELINES
 from prefine.models.nets import to_float
 
-BASELINES = ("pixels_logreg", "pixels_knn", "pca_logreg", "pca_knn")
 PCA_COMPONENTS = 50
 PCA_FIT_IMAGES = 10_000  # the PCA's cost is bounded whatever the pool's size
 PCA_SEED = 0  # the same sample, hence the same projection, on every run

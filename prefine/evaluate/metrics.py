@@ -1,11 +1,11 @@
-"""Test-set metrics of a classifier: accuracy, macro-F1, per-class accuracy, confusion matrix."""
+"""Test-set metrics of a classifier: accuracy, macro-F1, per-class accuracy, confusion matrix.
+Counted with numpy (scikit-learn's import costs the fine-tuning stage a second)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import confusion_matrix, f1_score
 from torch import nn
 
 from prefine.evaluate.probe import embed
@@ -20,7 +20,8 @@ def predict(model: nn.Module, images: torch.Tensor, device: torch.device) -> tor
 def confusion(labels: torch.Tensor, predicted: torch.Tensor, classes: int) -> np.ndarray:
     """Counts [actual, predicted] over every class index, so a class never predicted (or never
     seen) still has its row and column."""
-    return confusion_matrix(labels.numpy(), predicted.numpy(), labels=list(range(classes)))
+    pairs = labels.numpy().astype(np.int64) * classes + predicted.numpy().astype(np.int64)
+    return np.bincount(pairs, minlength=classes * classes).reshape(classes, classes)
 
 
 def confusion_table(labels: torch.Tensor, predicted: torch.Tensor, classes: list[str]) -> pd.DataFrame:
@@ -44,11 +45,12 @@ def confusion_from_table(table: pd.DataFrame, classes: int) -> np.ndarray:
 
 def scores(labels: torch.Tensor, predicted: torch.Tensor, classes: list[str]) -> dict:
     """The metrics `dvc metrics` shows; per-class accuracy is recall of that class."""
-    y, p = labels.numpy(), predicted.numpy()
     cm = confusion(labels, predicted, len(classes))
-    per_class = cm.diagonal() / cm.sum(axis=1).clip(min=1)
+    hits, actual, guessed = cm.diagonal(), cm.sum(axis=1), cm.sum(axis=0)
+    per_class = hits / actual.clip(min=1)
+    f1 = 2 * hits / (actual + guessed).clip(min=1)  # 2PR / (P + R); 0 for a class never seen nor predicted
     return {
-        "accuracy": float((y == p).mean()),
-        "macro_f1": float(f1_score(y, p, average="macro", labels=list(range(len(classes))), zero_division=0)),
+        "accuracy": float(hits.sum() / max(cm.sum(), 1)),
+        "macro_f1": float(f1.mean()),
         "per_class": {name: round(float(acc), 4) for name, acc in zip(classes, per_class)},
     }

@@ -16,7 +16,6 @@ from prefine.data.store import ImageSet, Pixels, gather
 from prefine.models.nets import Classifier, to_float
 from prefine.training.device import autocast
 
-PROBE = "linear_probe"  # the name of a frozen encoder under probe_head's head, in metrics and tables
 BATCH_PIXELS = 1024 * 28 * 28  # pixels a batch holds: 1,024 Fashion-MNIST images, 16 at 224 px
 PROBE_C = 0.1  # inverse L2 strength on standardised embeddings: at 100/class 1 point above C = 1
 PROBE_MAX_ITER = 2000  # L-BFGS iterations; 1,000 embeddings of 512 numbers converge in a few hundred

@@ -21,10 +21,8 @@ from matplotlib.ticker import NullLocator
 
 from prefine import fingerprint
 from prefine.atomic import atomic_path
-from prefine.evaluate.baselines import BASELINES
-from prefine.evaluate.probe import PROBE
+from prefine.evaluate.names import BASELINES, PROBE, SCRATCH
 from prefine.params import Params
-from prefine.training.finetuning import SCRATCH
 
 ALL = "all"  # the budget "every labeled training image"
 COLUMNS = ["method", "labels_per_class", "seed", "labeled", "accuracy", "macro_f1"]

@@ -26,13 +26,13 @@ from prefine.data.augment import strong_view, weak_view
 from prefine.data.store import ImageSet
 from prefine.distributed import randint_rows
 from prefine.errors import PrefineError
+from prefine.evaluate.names import SCRATCH
 from prefine.evaluate.probe import embed, probe_head
 from prefine.models import weights
 from prefine.models.nets import Classifier, Encoder, EncoderSpec, build_encoder, to_float, widen
 from prefine.params import FinetuneParams
 from prefine.training.loop import EpochFn, Run, StepOutput, fit
 
-SCRATCH = "scratch"  # the baseline: the same architecture from random init, the one way it is named
 STRATEGIES = ("linear", "partial", "full", "semisup", SCRATCH)
 
 
