@@ -36,8 +36,8 @@ def make_project(dest: Path, data: Path, overrides: list[str] = (), profile: str
     for name in PROJECT_FILES:
         source, target = ROOT / name, dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        if source.is_dir():  # with __pycache__: its stages then skip compiling (copy2 keeps the mtimes pyc checks)
+            shutil.copytree(source, target)
         else:
             shutil.copy2(source, target)
     apply(dest, profile, [f"ingest.path={data}", f"registry.remote_url={dest.parent / 'storage'}", *overrides])
