@@ -88,7 +88,7 @@ def test_out_of_range_or_wrong_type_names_the_key(section, key, value):
 
 
 def test_unknown_profile_lists_the_known_ones():
-    with pytest.raises(ParamsError, match="'nope' is not one of: default, quick, lowlabel, full"):
+    with pytest.raises(ParamsError, match="'nope' is not one of: default, quick, full"):
         resolve(repo_params(), "nope", None, REPO_PROFILES)
 
 
