@@ -25,13 +25,13 @@ from prefine.data.ingest import read_pools  # noqa: E402
 from prefine.data.store import read_split  # noqa: E402
 from prefine.data.store import ImageSet  # noqa: E402
 from prefine.evaluate.metrics import predict, scores  # noqa: E402
+from prefine.evaluate.names import SCRATCH  # noqa: E402
 from prefine.models import weights  # noqa: E402
 from prefine.models.nets import EncoderSpec  # noqa: E402
 from prefine.models.objectives import load_pretrained  # noqa: E402
 from prefine.params import FinetuneParams, Params, load_with  # noqa: E402
 from prefine.training import device as devices  # noqa: E402
 from prefine.training import finetuning  # noqa: E402
-from prefine.evaluate.names import SCRATCH  # noqa: E402
 from prefine.training.pretraining import pretrain  # noqa: E402
 
 

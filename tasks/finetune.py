@@ -6,11 +6,11 @@ from pathlib import Path
 
 from prefine import distributed, fingerprint, paths
 from prefine.data.store import open_split
+from prefine.evaluate.names import SCRATCH
 from prefine.models import weights
 from prefine.params import Params
 from prefine.training import device as devices
 from prefine.training import auto, finetuning
-from prefine.evaluate.names import SCRATCH
 from prefine.training.launch import data_parallel
 from prefine.training.logbook import EpochLog
 from tasks.stage import run_stage

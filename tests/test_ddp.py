@@ -118,9 +118,8 @@ def checkpointed(shared) -> Path:
 
 @pytest.mark.parametrize("strategy", ["full", "semisup"])
 def test_two_processes_fine_tune_what_one_does(checkpointed: Path, tmp_path: Path, strategy: str) -> None:
-    base = checkpointed
-    one, _ = run_stage(base, tmp_path / "one", "finetune", [f"finetune.strategy={strategy}"])
-    two, log = run_stage(base, tmp_path / "two", "finetune", [f"finetune.strategy={strategy}", *DDP])
+    one, _ = run_stage(checkpointed, tmp_path / "one", "finetune", [f"finetune.strategy={strategy}"])
+    two, log = run_stage(checkpointed, tmp_path / "two", "finetune", [f"finetune.strategy={strategy}", *DDP])
     assert "2 processes per host" in log
     for name in (paths.CLASSIFIER_FILE, paths.SCRATCH_FILE):
         assert_same(load_file(one / name), load_file(two / name))

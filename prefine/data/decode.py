@@ -36,19 +36,21 @@ ORIENTATION = 0x0112  # the EXIF tag
 TURNED = (5, 6, 7, 8)  # orientations that swap width and height
 
 
+_EXTENSIONS = Image.registered_extensions()  # suffix -> format; loads every plugin first
+
+
 def _readable_suffixes() -> frozenset[str]:
     """Suffixes whose format Pillow opens itself (stub formats need an outside handler)."""
-    extensions = Image.registered_extensions()  # loads every plugin first
     readers = {
         name for name, (factory, _) in Image.OPEN.items()
         if not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
     }  # fmt: skip
-    return frozenset(ext for ext, name in extensions.items() if name in readers)
+    return frozenset(ext for ext, name in _EXTENSIONS.items() if name in readers)
 
 
 IMAGE_SUFFIXES = _readable_suffixes()
 _BY_SUFFIX = {ext: (name, *(other for other in Image.ID if other != name))
-              for ext, name in Image.registered_extensions().items()}
+              for ext, name in _EXTENSIONS.items()}
 
 
 def decode_image(path: Path, image_size: int, channels: int) -> np.ndarray:

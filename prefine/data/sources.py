@@ -178,7 +178,7 @@ def _subfolders(folder: Path) -> list[Path]:
 def _image_files(folder: Path) -> list[str]:
     """The names of the visible files Pillow reads, sorted (a dot file such as macOS's ._a.png is
     metadata); none is an error saying what the folder holds instead. os.scandir: a directory
-    entry knows its type, so a million files cost no stat calls."""
+    entry knows its type, so listing needs no stat call per file."""
     with os.scandir(folder) as entries:
         files = sorted(
             entry.name for entry in entries
