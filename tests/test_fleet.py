@@ -20,6 +20,7 @@ from uuid import UUID
 
 import pandas as pd
 import pytest
+from filelock import FileLock
 import yaml
 from fleet_parts import (
     KEYS, PREFINE, Origin, Storage, client, deploy, lose_host, make_origin, prefect_server, run_all, seaweedfs,
@@ -74,12 +75,21 @@ def _line(process: subprocess.Popen, timeout: float) -> str | None:
         return process.stdout.readline().strip() if selector.select(timeout) else None
 
 
+@pytest.fixture
+def fake_gpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One test at a time fakes GPUs: devices are claimed host-wide (abstract sockets, as on a real
+    host), so two xdist workers' tests would take each other's fake devices. The lock file lies in
+    the folder every worker's temp folder is made in."""
+    with FileLock(tmp_path_factory.getbasetemp().parent / "fake-gpus.lock"):
+        yield
+
+
 def _forget_host_limit(api: dict[str, str]) -> None:
     with client(api) as prefect, suppress(ObjectNotFound):
         prefect.delete_global_concurrency_limit_by_name(host_limit())
 
 
-def test_a_held_slot_outlives_its_lease_and_a_killed_holder_gives_its_slot_back(api: dict[str, str]) -> None:
+def test_a_held_slot_outlives_its_lease_and_a_killed_holder_gives_its_slot_back(api: dict[str, str], fake_gpus) -> None:
     """Two fake GPUs: two holders get a device each and a third waits. Killing one (-9) frees its
     slot once its lease runs out, and the waiter gets that device; the other holder, past its
     first lease by then, still holds its slot (renewed). Then every slot comes back."""
@@ -109,7 +119,7 @@ def test_a_held_slot_outlives_its_lease_and_a_killed_holder_gives_its_slot_back(
         _forget_host_limit(api)
 
 
-def test_a_multi_device_stage_holds_a_slot_and_a_device_per_rank(api: dict[str, str]) -> None:
+def test_a_multi_device_stage_holds_a_slot_and_a_device_per_rank(api: dict[str, str], fake_gpus) -> None:
     """Four fake GPUs: a 2-device holder gets two devices and two slots, a second one the other
     two, a 1-device holder then waits; asking for more devices than the host has is an error."""
     _forget_host_limit(api)
