@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+import warm
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -29,6 +32,33 @@ def _share_the_cores() -> None:
 
 
 _share_the_cores()
+
+
+def _warm_stages() -> None:
+    """Every Python process this pytest process starts checks for a warm server of its own
+    (tests/warm.py); `PREFINE_TEST_WARM=` (empty) before pytest runs every stage cold."""
+    if os.environ.get(warm.ENV) != "":
+        os.environ[warm.ENV] = f"prefine-warm-{os.getpid()}"
+        path = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+        os.environ["PYTHONPATH"] = os.pathsep.join(path if warm.SITE in path else [*path, warm.SITE])
+
+
+_warm_stages()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_server() -> Iterator[None]:
+    """The server the stages are forked from; until it is ready (a few seconds), stages run cold."""
+    if not os.environ.get(warm.ENV):
+        yield
+        return
+    root = str(Path(__file__).resolve().parents[1])
+    server = subprocess.Popen([sys.executable, warm.__file__, os.environ[warm.ENV], root])
+    try:
+        yield
+    finally:
+        server.kill()
+        server.wait()
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:

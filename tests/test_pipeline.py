@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import warm
 from projects import VENV_ENV, dvc, make_project
 
 from flows.overrides import apply
@@ -79,9 +80,10 @@ def test_kill_9_during_pretraining_resumes_to_the_same_weights(repo):
     output, state = repo / paths.PRETRAIN_STATE_FILE, repo / paths.PRETRAIN_RESUME_FILE
     reference = torch.load(output, weights_only=True)
     state.unlink()
-    # --force --no-run-cache: train (DVC would restore the outputs from its cache otherwise)
+    # --force --no-run-cache: train (DVC would restore the outputs from its cache otherwise); cold:
+    # a warm stage outlives its killed launcher by the moment its supervisor takes to kill it
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "--no-run-cache",
-                             "pretrain"], cwd=repo, env=VENV_ENV,
+                             "pretrain"], cwd=repo, env={**VENV_ENV, warm.ENV: ""},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while not state.exists() and time.time() < deadline and proc.poll() is None:

@@ -1,0 +1,224 @@
+"""Warm stage processes for the tests: a server per pytest worker imports torch and the other
+heavy libraries once, and each `python -m tasks.<stage>` the tests start (through DVC, Prefect
+or directly) is forked from it instead of importing them again.
+
+The suite starts about 200 stage processes, each of which spent 3-5 s importing before doing a
+second of work on a tiny project: most of the tests' CPU. A forked stage still runs in its own
+process, in the project's cwd, with the caller's argv, environment and stdio, and imports the
+project's own copy of `prefine` and `tasks` (the server keeps only third-party modules).
+
+How a stage is served: `tests/warm_site/sitecustomize.py` runs in every Python process the
+tests start; in `python -m tasks.<stage> ...` it sends the request and its stdio to the server
+(`client`), which forks a supervisor, which forks the stage (`_supervise`). The client waits for
+the stage's exit status and ends the same way; a signal it receives is passed on; when the client
+dies (kill -9), the supervisor kills the stage's process group. Anything the server cannot
+serve as a fresh interpreter would run it (other interpreter options, another PYTHONPATH or
+thread count, a torchrun rank, no server yet) runs cold, as usual.
+
+Stdlib only above `serve`: the client side is imported by every Python process of the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import sys
+
+ENV = "PREFINE_TEST_WARM"  # the server's abstract socket name; unset or empty: every stage cold
+SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "warm_site")
+SAME = ("PYTHONHASHSEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS")  # read once, at the server's start
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _address(name: str) -> str:
+    return "\0" + name  # abstract namespace: no file to clean up, gone with the server
+
+
+def stage_module(argv: list[str], env: dict[str, str]) -> str | None:
+    """The stage module of `python -m tasks.<stage> ...`, or None for any other command (or a
+    torchrun rank: torchrun watches its ranks' own processes)."""
+    if len(argv) < 3 or argv[1] != "-m" or not argv[2].startswith("tasks.") or "LOCAL_RANK" in env:
+        return None
+    return argv[2]
+
+
+def client() -> None:
+    """In a Python process just started: hand a stage to the server and end as the stage ends.
+    Returns (the process goes on cold) when this is not a stage or no server takes it."""
+    name = os.environ.get(ENV)
+    module = stage_module(sys.orig_argv, os.environ) if name else None
+    if module is None:
+        return
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    request = {"module": module, "args": sys.orig_argv[3:], "cwd": os.getcwd(), "env": dict(os.environ),
+               "umask": _umask()}
+    try:
+        conn.connect(_address(name))
+        socket.send_fds(conn, [json.dumps(request).encode()], [0, 1, 2])
+        answer = conn.recv(64)
+    except OSError:
+        conn.close()
+        return
+    if answer != b"ok":  # the server says this one must run cold
+        conn.close()
+        return
+    try:  # the stage runs now: whatever happens here, never run it a second time, cold
+        for number in FORWARDED:
+            signal.signal(number, lambda signum, _frame: conn.send(str(signum).encode()))
+        code = os.waitstatus_to_exitcode(int(conn.recv(64) or signal.SIGKILL))  # nothing: the supervisor died
+        if code < 0:  # killed by a signal: so are we
+            if -code not in (signal.SIGKILL, signal.SIGSTOP):
+                signal.signal(-code, signal.SIG_DFL)
+            os.kill(os.getpid(), -code)
+        os._exit(code)
+    finally:
+        os._exit(1)
+
+
+def wait_ready(name: str, timeout: float) -> None:
+    """Block until the server named `name` accepts connections (it imports for a few seconds)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
+            try:
+                probe.connect(_address(name))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no warm server {name!r} after {timeout} s") from None
+        time.sleep(0.1)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _supervise(conn: socket.socket) -> None:
+    """In a process forked from the server for one request: fork the stage, pass on the client's
+    signals, kill the stage when the client goes, send the stage's wait status."""
+    payload, fds, _flags, _addr = socket.recv_fds(conn, 1 << 20, 3)
+    request = json.loads(payload)
+    if not _servable(request["env"]):
+        conn.send(b"cold")
+        os._exit(0)
+    conn.send(b"ok")
+    pid = os.fork()
+    if pid == 0:
+        conn.close()
+        _run_stage(request, fds)
+    for fd in fds:
+        os.close(fd)
+    exited = os.pidfd_open(pid)
+    while True:
+        ready, _, _ = select.select([conn, exited], [], [])
+        if exited in ready:
+            _, status = os.waitpid(pid, 0)
+            conn.send(str(status).encode())
+            os._exit(0)
+        message = conn.recv(64)
+        if not message:  # the client is gone (killed): so is its stage, and what it started
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os._exit(0)
+        os.kill(pid, int(message))
+
+
+def _python_path(env: dict[str, str]) -> list[str]:
+    return [entry for entry in env.get("PYTHONPATH", "").split(os.pathsep) if entry]
+
+
+def _servable(env: dict[str, str]) -> bool:
+    """Whether a fresh interpreter with `env` would import what the server imported: the same
+    thread counts and hash seed, and no folder added to PYTHONPATH (Prefect adds a flow's code
+    folder) that holds a module of the same name as one already imported."""
+    if any(env.get(key) != os.environ.get(key) for key in SAME):
+        return False
+    added = set(_python_path(env)) - set(_python_path(os.environ))
+    loaded = {name for name in sys.modules if "." not in name}
+    for folder in filter(os.path.isdir, added):
+        if any(entry.removesuffix(".py") in loaded for entry in os.listdir(folder)):
+            return False
+    return True
+
+
+def _run_stage(request: dict, fds: list[int]) -> None:
+    """Become `python -m <module> <args>` as the client was started: its stdio, cwd,
+    environment and umask; the project's own modules; exit as the interpreter would."""
+    import atexit
+    import runpy
+    import traceback
+
+    os.setpgid(0, 0)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    for number in (*FORWARDED, signal.SIGCHLD):
+        signal.signal(number, signal.default_int_handler if number == signal.SIGINT else signal.SIG_DFL)
+    ours = {sys.path[0], *_python_path(os.environ)}
+    # what `python -m` builds: the cwd, PYTHONPATH, then the interpreter's own folders
+    sys.path[:] = [request["cwd"], *_python_path(request["env"]), *(p for p in sys.path if p not in ours)]
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.umask(request["umask"])
+    sys.argv = [request["module"], *request["args"]]
+    code = 0
+    try:
+        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+    except SystemExit as exc:  # sys.exit(n), sys.exit("message"), sys.exit()
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    except BaseException:  # noqa: BLE001 - what the interpreter does with an uncaught exception
+        traceback.print_exc()
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
+def serve(name: str, root: str) -> None:
+    """Import what the stages import, forget the project's own modules, and fork a supervisor
+    per request until the parent (the pytest worker) is gone."""
+    sys.path.insert(0, root)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    for module in ("tasks.ingest", "tasks.pretrain", "tasks.checkpoint", "tasks.finetune", "tasks.evaluate",
+                   "tasks.visualize", "torchvision", "torch.optim", "sklearn.linear_model", "sklearn.manifold",
+                   "sklearn.decomposition", "matplotlib.pyplot", "safetensors.torch", "pyarrow.parquet", "tqdm"):
+        __import__(module)
+    for module in [m for m in sys.modules if m.split(".")[0] in ("prefine", "tasks")]:
+        del sys.modules[module]
+    sys.path.remove(root)
+    parent = os.getppid()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server.bind(_address(name))
+    server.listen(64)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
+    while os.getppid() == parent:
+        if not select.select([server], [], [], 1.0)[0]:
+            continue
+        conn, _ = server.accept()
+        if os.fork() == 0:
+            server.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            _supervise(conn)
+        conn.close()
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], sys.argv[2])

@@ -1,0 +1,14 @@
+"""Loaded by every Python process the tests start (tests/conftest.py puts this folder on
+PYTHONPATH): a `python -m tasks.<stage>` is handed to the warm server (tests/warm.py). Other
+processes pay only this check."""
+
+import os
+import sys
+
+if os.environ.get("PREFINE_TEST_WARM") and sys.orig_argv[1:2] == ["-m"]:
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location("_prefine_warm", os.path.join(os.path.dirname(__file__), "..", "warm.py"))
+    _warm = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_warm)
+    _warm.client()
