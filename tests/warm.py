@@ -1,19 +1,21 @@
-"""Warm stage processes for the tests: a server per pytest worker imports torch and the other
-heavy libraries once, and each `python -m tasks.<stage>` the tests start (through DVC, Prefect
-or directly) is forked from it instead of importing them again.
+"""Warm processes for the tests: a server per pytest worker imports torch, DVC and the other
+heavy libraries once, and each `python -m tasks.<stage>`, `python -m dvc` and torchrun (with its
+ranks) the tests start, directly or through DVC and Prefect, is forked from it instead of
+importing them again.
 
 The suite starts about 200 stage processes, each of which spent 3-5 s importing before doing a
-second of work on a tiny project: most of the tests' CPU. A forked stage still runs in its own
-process, in the project's cwd, with the caller's argv, environment and stdio, and imports the
-project's own copy of `prefine` and `tasks` (the server keeps only third-party modules).
+second of work on a tiny project, and hundreds of DVC commands (0.4 s of imports each): most of
+the tests' CPU. A forked process still runs on its own, in the caller's cwd, with its argv,
+environment and stdio, and imports the project's own copy of `prefine` and `tasks` (the server
+keeps only third-party modules).
 
-How a stage is served: `tests/warm_site/sitecustomize.py` runs in every Python process the
-tests start; in `python -m tasks.<stage> ...` it sends the request and its stdio to the server
-(`client`), which forks a supervisor, which forks the stage (`_supervise`). The client waits for
-the stage's exit status and ends the same way; a signal it receives is passed on; when the client
-dies (kill -9), the supervisor kills the stage's process group. Anything the server cannot
-serve as a fresh interpreter would run it (other interpreter options, another PYTHONPATH or
-thread count, a torchrun rank, no server yet) runs cold, as usual.
+How a command is served: `tests/warm_site/sitecustomize.py` runs in every Python process the
+tests start; for a served command it sends the request and its stdio to the server (`client`),
+which forks a supervisor, which forks the command (`_supervise`). The client waits for the exit
+status and ends the same way; a signal it receives is passed on; when the client dies (kill -9),
+the supervisor kills the command's process group. What the server cannot run as a fresh
+interpreter would (interpreter options other than -u, a PYTHONPATH folder shadowing a module it
+imported, other thread counts, no server yet) runs cold, as usual.
 
 Stdlib only above `serve`: the client side is imported by every Python process of the tests.
 """
@@ -31,29 +33,33 @@ ENV = "PREFINE_TEST_WARM"  # the server's abstract socket name; unset or empty: 
 SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "warm_site")
 SAME = ("PYTHONHASHSEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS")  # read once, at the server's start
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+MODULES = ("dvc", "torch.distributed.run")  # served besides the project's own tasks.<stage>
 
 
 def _address(name: str) -> str:
     return "\0" + name  # abstract namespace: no file to clean up, gone with the server
 
 
-def stage_module(argv: list[str], env: dict[str, str]) -> str | None:
-    """The stage module of `python -m tasks.<stage> ...`, or None for any other command (or a
-    torchrun rank: torchrun watches its ranks' own processes)."""
-    if len(argv) < 3 or argv[1] != "-m" or not argv[2].startswith("tasks.") or "LOCAL_RANK" in env:
+def served(argv: list[str]) -> tuple[str, list[str], bool] | None:
+    """(module, its args, unbuffered) of `python [-u] -m <module> ...` for a stage, DVC or torchrun
+    (whose ranks are stages again, started with -u), or None for any other command."""
+    unbuffered = argv[1:2] == ["-u"]
+    rest = argv[2 if unbuffered else 1:]
+    if len(rest) < 2 or rest[0] != "-m" or not (rest[1] in MODULES or rest[1].startswith("tasks.")):
         return None
-    return argv[2]
+    return rest[1], rest[2:], unbuffered
 
 
 def client() -> None:
     """In a Python process just started: hand a stage to the server and end as the stage ends.
     Returns (the process goes on cold) when this is not a stage or no server takes it."""
     name = os.environ.get(ENV)
-    module = stage_module(sys.orig_argv, os.environ) if name else None
-    if module is None:
+    command = served(sys.orig_argv) if name else None
+    if command is None:
         return
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    request = {"module": module, "args": sys.orig_argv[3:], "cwd": os.getcwd(), "env": dict(os.environ),
+    module, args, unbuffered = command
+    request = {"module": module, "args": args, "unbuffered": unbuffered, "cwd": os.getcwd(), "env": dict(os.environ),
                "umask": _umask()}
     try:
         conn.connect(_address(name))
@@ -168,6 +174,9 @@ def _run_stage(request: dict, fds: list[int]) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     os.umask(request["umask"])
+    if request["unbuffered"]:  # -u
+        sys.stdout.reconfigure(write_through=True)
+        sys.stderr.reconfigure(write_through=True)
     sys.argv = [request["module"], *request["args"]]
     code = 0
     try:
@@ -199,7 +208,12 @@ def serve(name: str, root: str) -> None:
     matplotlib.use("Agg")
     for module in ("tasks.ingest", "tasks.pretrain", "tasks.checkpoint", "tasks.finetune", "tasks.evaluate",
                    "tasks.visualize", "torchvision", "torch.optim", "sklearn.linear_model", "sklearn.manifold",
-                   "sklearn.decomposition", "matplotlib.pyplot", "safetensors.torch", "pyarrow.parquet", "tqdm"):
+                   "sklearn.decomposition", "matplotlib.pyplot", "safetensors.torch", "pyarrow.parquet", "tqdm",
+                   "dvc.cli", "dvc.cli.parser", "dvc.repo", "dvc.repo.index", "dvc.repo.reproduce", "dvc.repo.plots",
+                   "dvc.repo.experiments.run", "dvc.scm", "dvc.lock", "dvc.stage", "dvc.output", "dvc.dependency",
+                   "dvc.commands.repro", "dvc.commands.status", "dvc.commands.experiments", "dvc.commands.data_sync",
+                   "dvc.repo.experiments.queue.celery", "dvc.repo.experiments.show", "dvc_s3", "scmrepo.git", "pygit2",
+                   "rich.console", "torch.distributed.run"):
         __import__(module)
     for module in [m for m in sys.modules if m.split(".")[0] in ("prefine", "tasks")]:
         del sys.modules[module]

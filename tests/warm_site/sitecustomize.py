@@ -5,7 +5,7 @@ processes pay only this check."""
 import os
 import sys
 
-if os.environ.get("PREFINE_TEST_WARM") and sys.orig_argv[1:2] == ["-m"]:
+if os.environ.get("PREFINE_TEST_WARM") and "-m" in sys.orig_argv[1:3]:
     import importlib.util
 
     _spec = importlib.util.spec_from_file_location("_prefine_warm", os.path.join(os.path.dirname(__file__), "..", "warm.py"))
