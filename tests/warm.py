@@ -29,7 +29,7 @@ import signal
 import socket
 import sys
 
-ENV = "PREFINE_TEST_WARM"  # the server's abstract socket name; unset or empty: every stage cold
+ENV = "PREFINE_TEST_WARM"  # the server's abstract socket name; unset or empty: everything cold
 SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "warm_site")
 SAME = ("PYTHONHASHSEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS")  # read once, at the server's start
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -51,8 +51,8 @@ def served(argv: list[str]) -> tuple[str, list[str], bool] | None:
 
 
 def client() -> None:
-    """In a Python process just started: hand a stage to the server and end as the stage ends.
-    Returns (the process goes on cold) when this is not a stage or no server takes it."""
+    """In a Python process just started: hand a served command to the server and end as it ends.
+    Returns (the process goes on cold) for any other command, or when no server takes it."""
     name = os.environ.get(ENV)
     command = served(sys.orig_argv) if name else None
     if command is None:
@@ -71,7 +71,7 @@ def client() -> None:
     if answer != b"ok":  # the server says this one must run cold
         conn.close()
         return
-    try:  # the stage runs now: whatever happens here, never run it a second time, cold
+    try:  # the command runs now: whatever happens here, never run it a second time, cold
         for number in FORWARDED:
             signal.signal(number, lambda signum, _frame: conn.send(str(signum).encode()))
         code = os.waitstatus_to_exitcode(int(conn.recv(64) or signal.SIGKILL))  # nothing: the supervisor died
@@ -107,8 +107,8 @@ def _umask() -> int:
 
 
 def _supervise(conn: socket.socket) -> None:
-    """In a process forked from the server for one request: fork the stage, pass on the client's
-    signals, kill the stage when the client goes, send the stage's wait status."""
+    """In a process forked from the server for one request: fork the command, pass on the
+    client's signals, kill the command when the client goes, send the command's wait status."""
     payload, fds, _flags, _addr = socket.recv_fds(conn, 1 << 20, 3)
     request = json.loads(payload)
     if not _servable(request["env"]):
@@ -118,7 +118,7 @@ def _supervise(conn: socket.socket) -> None:
     pid = os.fork()
     if pid == 0:
         conn.close()
-        _run_stage(request, fds)
+        _become(request, fds)
     for fd in fds:
         os.close(fd)
     exited = os.pidfd_open(pid)
@@ -129,7 +129,7 @@ def _supervise(conn: socket.socket) -> None:
             conn.send(str(status).encode())
             os._exit(0)
         message = conn.recv(64)
-        if not message:  # the client is gone (killed): so is its stage, and what it started
+        if not message:  # the client is gone (killed): so is its command, and what it started
             os.killpg(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             os._exit(0)
@@ -154,7 +154,7 @@ def _servable(env: dict[str, str]) -> bool:
     return True
 
 
-def _run_stage(request: dict, fds: list[int]) -> None:
+def _become(request: dict, fds: list[int]) -> None:
     """Become `python -m <module> <args>` as the client was started: its stdio, cwd,
     environment and umask; the project's own modules; exit as the interpreter would."""
     import atexit
@@ -200,8 +200,8 @@ def _run_stage(request: dict, fds: list[int]) -> None:
 
 
 def serve(name: str, root: str) -> None:
-    """Import what the stages import, forget the project's own modules, and fork a supervisor
-    per request until the parent (the pytest worker) is gone."""
+    """Import what the served commands import, forget the project's own modules, and fork a
+    supervisor per request until the parent (the pytest worker) is gone."""
     sys.path.insert(0, root)
     import matplotlib
 
@@ -228,9 +228,12 @@ def serve(name: str, root: str) -> None:
             continue
         conn, _ = server.accept()
         if os.fork() == 0:
-            server.close()
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            _supervise(conn)
+            try:  # never back into this loop: a supervisor that fails closes the client's connection
+                server.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                _supervise(conn)
+            finally:
+                os._exit(1)
         conn.close()
 
 
