@@ -11,14 +11,17 @@ import sys
 import time
 from pathlib import Path
 
+import faults
 import pytest
 import warm
 
 PROBE = """
 import json, os, sys, time
-print(json.dumps({"torch": "torch" in sys.modules, "pid": os.getpid(), "ppid": os.getppid(), "argv": sys.argv[1:],
-                  "cwd": os.getcwd(), "path0": sys.path[0], "env": os.environ.get("PROBE_VALUE"),
-                  "tasks": __import__("tasks").__file__}), flush=True)
+warm = "torch" in sys.modules
+import torch
+print(json.dumps({"torch": warm, "pid": os.getpid(), "argv": sys.argv[1:], "cwd": os.getcwd(), "path0": sys.path[0],
+                  "env": os.environ.get("PROBE_VALUE"), "tasks": __import__("tasks").__file__,
+                  "float64": torch.get_default_dtype() == torch.float64}), flush=True)
 if "fail" in sys.argv:
     raise ValueError("probe failed")
 if "exit" in sys.argv:
@@ -41,13 +44,14 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def start(project: Path, *args: str, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tasks.probe", *args], cwd=project, env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start(project: Path, *args: str, base: dict[str, str] | None = None, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tasks.probe", *args], cwd=project,
+                            env={**(base or os.environ), **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
-def probe(project: Path, *args: str, **env: str) -> tuple[int, dict, str]:
-    process = start(project, *args, **env)
+def probe(project: Path, *args: str, base: dict[str, str] | None = None, **env: str) -> tuple[int, dict, str]:
+    process = start(project, *args, base=base, **env)
     out, err = process.communicate(timeout=60)
     return process.returncode, json.loads(out.splitlines()[0]), err
 
@@ -59,6 +63,13 @@ def test_a_stage_is_forked_warm_with_the_callers_argv_cwd_env_and_stdio(project:
     assert seen["argv"] == ["a", "b c"] and seen["env"] == "42"
     assert seen["cwd"] == seen["path0"] == str(project)
     assert seen["tasks"] == str(project / "tasks" / "__init__.py")  # the project's own package
+    assert not seen["float64"]
+
+
+def test_a_sitecustomize_before_ours_runs_in_the_fork(project: Path) -> None:
+    """The fault injections' sitecustomize (first on PYTHONPATH) installs them in the fork."""
+    code, seen, err = probe(project, base=faults.subprocess_env(float64=True))
+    assert code == 0 and seen["torch"] and seen["float64"], err
 
 
 def test_exit_codes_and_errors_are_the_stages(project: Path) -> None:
@@ -88,7 +99,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_pythonpath_that_shadows_a_loaded_module_runs_cold(project: Path, tmp_path: Path) -> None:
-    (tmp_path / "numpy.py").write_text("")
+    (tmp_path / "sklearn.py").write_text("")  # the server imported scikit-learn; the probe does not
     path = os.pathsep.join([str(tmp_path), os.environ["PYTHONPATH"]])
     code, seen, _ = probe(project, PYTHONPATH=path)
     assert code == 0 and not seen["torch"]

@@ -15,7 +15,8 @@ which forks a supervisor, which forks the command (`_supervise`). The client wai
 status and ends the same way; a signal it receives is passed on; when the client dies (kill -9),
 the supervisor kills the command's process group. What the server cannot run as a fresh
 interpreter would (interpreter options other than -u, a PYTHONPATH folder shadowing a module it
-imported, other thread counts, no server yet) runs cold, as usual.
+imported, other thread counts, no server yet) runs cold, as usual. A sitecustomize that comes
+before ours on the PYTHONPATH (the fault injections') is run in the fork, as an interpreter would.
 
 Stdlib only above `serve`: the client side is imported by every Python process of the tests.
 """
@@ -147,7 +148,7 @@ def _servable(env: dict[str, str]) -> bool:
     if any(env.get(key) != os.environ.get(key) for key in SAME):
         return False
     added = set(_python_path(env)) - set(_python_path(os.environ))
-    loaded = {name for name in sys.modules if "." not in name}
+    loaded = {name for name in sys.modules if "." not in name} - {"sitecustomize"}  # the fork runs its own
     for folder in filter(os.path.isdir, added):
         if any(entry.removesuffix(".py") in loaded for entry in os.listdir(folder)):
             return False
@@ -174,6 +175,7 @@ def _become(request: dict, fds: list[int]) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     os.umask(request["umask"])
+    _run_sitecustomize()
     if request["unbuffered"]:  # -u
         sys.stdout.reconfigure(write_through=True)
         sys.stderr.reconfigure(write_through=True)
@@ -197,6 +199,20 @@ def _become(request: dict, fds: list[int]) -> None:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)
+
+
+def _run_sitecustomize() -> None:
+    """Import the sitecustomize a fresh interpreter would find on this sys.path, when it is not
+    the server's own (tests/fault_site's installs the fault injections: tests/faults.py)."""
+    import importlib
+    import importlib.util
+
+    ours = sys.modules.pop("sitecustomize", None)
+    spec = importlib.util.find_spec("sitecustomize")
+    if spec is None or ours is not None and spec.origin == ours.__file__:
+        sys.modules["sitecustomize"] = ours
+        return
+    importlib.import_module("sitecustomize")
 
 
 def serve(name: str, root: str) -> None:
