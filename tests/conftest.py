@@ -36,10 +36,10 @@ _share_the_cores()
 
 def _warm_stages() -> None:
     """Every Python process this pytest process starts checks for a warm server of its own
-    (tests/warm.py); `PREFINE_TEST_WARM=` (empty) before pytest runs every stage cold."""
+    (tests/warm.py); `PREFINE_TEST_WARM=` (empty) before pytest runs everything cold."""
     if os.environ.get(warm.ENV) != "":
         os.environ[warm.ENV] = f"prefine-warm-{os.getpid()}"
-        path = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+        path = warm.python_path(os.environ)
         os.environ["PYTHONPATH"] = os.pathsep.join(path if warm.SITE in path else [*path, warm.SITE])
 
 
@@ -48,7 +48,8 @@ _warm_stages()
 
 @pytest.fixture(scope="session", autouse=True)
 def warm_server() -> Iterator[None]:
-    """The server the stages are forked from; until it is ready (a few seconds), stages run cold."""
+    """The server stages, DVC and torchrun are forked from; until it is ready (its imports take a
+    few seconds), they run cold."""
     if not os.environ.get(warm.ENV):
         yield
         return

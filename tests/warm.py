@@ -137,7 +137,8 @@ def _supervise(conn: socket.socket) -> None:
         os.kill(pid, int(message))
 
 
-def _python_path(env: dict[str, str]) -> list[str]:
+def python_path(env: dict[str, str]) -> list[str]:
+    """The folders of PYTHONPATH in `env`, in order."""
     return [entry for entry in env.get("PYTHONPATH", "").split(os.pathsep) if entry]
 
 
@@ -147,7 +148,7 @@ def _servable(env: dict[str, str]) -> bool:
     folder) that holds a module of the same name as one already imported."""
     if any(env.get(key) != os.environ.get(key) for key in SAME):
         return False
-    added = set(_python_path(env)) - set(_python_path(os.environ))
+    added = set(python_path(env)) - set(python_path(os.environ))
     loaded = {name for name in sys.modules if "." not in name} - {"sitecustomize"}  # the fork runs its own
     for folder in filter(os.path.isdir, added):
         if any(entry.removesuffix(".py") in loaded for entry in os.listdir(folder)):
@@ -168,9 +169,9 @@ def _become(request: dict, fds: list[int]) -> None:
         os.close(fd)
     for number in (*FORWARDED, signal.SIGCHLD):
         signal.signal(number, signal.default_int_handler if number == signal.SIGINT else signal.SIG_DFL)
-    ours = {sys.path[0], *_python_path(os.environ)}
+    ours = {sys.path[0], *python_path(os.environ)}
     # what `python -m` builds: the cwd, PYTHONPATH, then the interpreter's own folders
-    sys.path[:] = [request["cwd"], *_python_path(request["env"]), *(p for p in sys.path if p not in ours)]
+    sys.path[:] = [request["cwd"], *python_path(request["env"]), *(p for p in sys.path if p not in ours)]
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -223,9 +224,9 @@ def serve(name: str, root: str) -> None:
 
     matplotlib.use("Agg")
     for module in ("tasks.ingest", "tasks.pretrain", "tasks.checkpoint", "tasks.finetune", "tasks.evaluate",
-                   "tasks.visualize", "torchvision", "torch.optim", "sklearn.linear_model", "sklearn.manifold",
+                   "tasks.visualize", "torchvision", "sklearn.linear_model", "sklearn.manifold",
                    "sklearn.decomposition", "matplotlib.pyplot", "safetensors.torch", "pyarrow.parquet", "tqdm",
-                   "dvc.cli", "dvc.cli.parser", "dvc.repo", "dvc.repo.index", "dvc.repo.reproduce", "dvc.repo.plots",
+                   "dvc.cli.parser", "dvc.repo.index", "dvc.repo.reproduce", "dvc.repo.plots",
                    "dvc.repo.experiments.run", "dvc.scm", "dvc.lock", "dvc.stage", "dvc.output", "dvc.dependency",
                    "dvc.commands.repro", "dvc.commands.status", "dvc.commands.experiments", "dvc.commands.data_sync",
                    "dvc.repo.experiments.queue.celery", "dvc.repo.experiments.show", "dvc_s3", "scmrepo.git", "pygit2",

@@ -1,6 +1,6 @@
 """Loaded by every Python process the tests start (tests/conftest.py puts this folder on
-PYTHONPATH): a `python -m tasks.<stage>` is handed to the warm server (tests/warm.py). Other
-processes pay only this check."""
+PYTHONPATH): a `python [-u] -m tasks.<stage>|dvc|torch.distributed.run` is handed to the warm
+server (tests/warm.py). Other processes pay only this check (the variable is warm.ENV)."""
 
 import os
 import sys
