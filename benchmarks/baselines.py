@@ -39,6 +39,7 @@ from prefine.evaluate import baselines  # noqa: E402
 from prefine.evaluate.names import PROBE, SCRATCH  # noqa: E402
 from prefine.evaluate.study import markdown, results_table, summarize  # noqa: E402
 from prefine.params import Params, load_with  # noqa: E402
+from prefine.training import finetuning  # noqa: E402
 
 OUT = ROOT / "reports" / "baselines.md"
 README_BEGIN = "<!-- results: made by benchmarks/baselines.py --networks --readme README.md -->"
@@ -69,7 +70,7 @@ def run_networks(params: Params, project: Path, budgets: list[int], seeds: list[
         raise PrefineError("--networks runs one fixed finetune.strategy; benchmarks/auto.py measures auto")
     pools = read_pools(params.ingest, project / "data" / CACHE_NAME)
     test = pools.images(pools.test)
-    unlabeled = read_split(project / "data/unlabeled") if strategy == "semisup" else None
+    unlabeled = read_split(project / "data/unlabeled") if strategy in finetuning.POOLED else None
     rows, pretraining = [], {}
     for seed in seeds:
         seeded = params.model_copy(update={"seed": seed})

@@ -70,7 +70,7 @@ def main() -> None:
     spec = weights.load(encoder)[1]["spec"]
     pools = read_pools(params.ingest)
     test = pools.images(pools.test)
-    unlabeled = read_split(args.repo / paths.UNLABELED_DIR) if p.strategy == "semisup" else None
+    unlabeled = read_split(args.repo / paths.UNLABELED_DIR) if p.strategy in finetuning.POOLED else None
     print(f"{args.budget} labels/class, {p.strategy}, {p.steps} steps, encoder {encoder}")
     gains = []
     for seed in map(int, args.seeds.split(",")):

@@ -127,7 +127,7 @@ def label_budget_study(
     params = load_with(root, profile, overrides)
     if {**params.finetune.model_dump(), **params.study.finetune}["strategy"] == "auto":
         raise ParamsError("finetune.strategy auto is the pipeline's choice; the study compares fixed strategies: "
-                          "set study.finetune.strategy to linear, partial, full or semisup")
+                          "set study.finetune.strategy to linear, partial, full, semisup or propagate")
     logger = get_run_logger()
     baseline = experiments.head(root)
     if dirty := _dirty(root):

@@ -43,7 +43,7 @@ class IngestParams(_Section):
 
 
 class PretrainParams(_Section):
-    method: Literal["autoencoder", "denoising", "simclr", "gan", "vicreg"] = "simclr"
+    method: Literal["autoencoder", "denoising", "simclr", "gan", "vicreg", "cluster"] = "simclr"
     # conv | mlp | a torchvision backbone (models/backbones.py), built untrained
     encoder: Literal["conv", "mlp", "resnet18", "resnet50", "convnext_tiny", "vit_b_16"] = "conv"
     init: str | None = None  # start the encoder from this weights file (safetensors, or a torch state dict)
@@ -58,6 +58,7 @@ class PretrainParams(_Section):
     temperature: float = Field(0.5, gt=0.0, le=10.0)
     latent: int = Field(64, ge=1)  # gan: size of the generator's noise z
     expander: int = Field(512, ge=8)  # vicreg: width of the expander MLP the loss sees
+    clusters: int = Field(100, ge=2)  # cluster: k-means pseudo-classes the encoder learns to predict
     workers: int = Field(2, ge=0, le=64)  # DataLoader processes reading batches from disk (0: the trainer reads)
     save_every: int | None = Field(None, ge=1)  # also save the training state every this many steps
 
@@ -68,7 +69,7 @@ class CheckpointParams(_Section):
 
 class FinetuneParams(_Section):
     labels_per_class: Annotated[int, Field(ge=1)] | Literal["all"] = 100  # all: every labeled training image
-    strategy: Literal["linear", "partial", "full", "semisup", "auto"] = "full"
+    strategy: Literal["linear", "partial", "full", "semisup", "propagate", "auto"] = "full"
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(0.003, gt=0.0, le=1.0)
@@ -77,9 +78,10 @@ class FinetuneParams(_Section):
     shift: int = Field(2, ge=0, le=8)
     flip: bool = True
     unfreeze: int = Field(1, ge=1)  # partial: how many of the encoder's last blocks train
-    mu: int = Field(2, ge=1)  # semisup: unlabeled images per labeled image in a step
+    mu: int = Field(2, ge=1)  # semisup, propagate: unlabeled images per labeled image in a step
     threshold: float = Field(0.95, ge=0.0, le=1.0)  # semisup: confidence that makes a pseudo-label
-    unlabeled_weight: float = Field(1.0, ge=0.0)  # semisup: weight of the unlabeled loss
+    unlabeled_weight: float = Field(1.0, ge=0.0)  # semisup, propagate: weight of the unlabeled loss
+    rounds: int = Field(1, ge=1)  # propagate: the pool's labels are propagated again this many times
     init: str | None = None  # fine-tune from this weights file instead of the pretrained encoder
     auto_folds: int = Field(3, ge=2, le=10)  # auto: cross-validation folds of the labeled budget
     auto_budget: float = Field(3.0, gt=0.0, le=20.0)  # auto: all CV fits cost this many fine-tuning runs

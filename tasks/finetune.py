@@ -19,7 +19,7 @@ from tasks.stage import run_stage
 def finetune(params: Params) -> None:
     p = params.finetune
     labeled = open_split(paths.LABELED_DIR)  # both read per batch: any label budget, any pool size
-    unlabeled = open_split(paths.UNLABELED_DIR) if p.strategy == "semisup" else None
+    unlabeled = open_split(paths.UNLABELED_DIR) if p.strategy in finetuning.POOLED else None
     device = devices.pick()
     spec = weights.load(paths.ENCODER_FILE)[1]["spec"]
     print(f"finetune: {len(labeled)} labeled images, {p.steps} steps, device {device}", flush=True)

@@ -118,12 +118,18 @@ def test_partial_trains_only_the_last_blocks(unfreeze, trained):
     assert changed == trained
 
 
+def few_and_pool() -> tuple[ImageSet, ImageSet, ImageSet]:
+    """Two labeled images per class, the whole set unlabeled, and the whole set with its labels:
+    a recipe that learns from the pool generalizes from the four."""
+    pool = labeled(64)
+    few = ImageSet(torch.cat([pool.images[:2], pool.images[-2:]]), torch.tensor([0, 0, 1, 1]), pool.classes)
+    return few, ImageSet(pool.images, torch.full((len(pool),), -1), pool.classes), pool
+
+
 def test_semisup_learns_from_pseudo_labels_on_the_unlabeled_pool():
     """Two labeled images per class; the unlabeled pool is what makes the head generalize."""
     torch.manual_seed(0)
-    pool = labeled(64)
-    few = ImageSet(torch.cat([pool.images[:2], pool.images[-2:]]), torch.tensor([0, 0, 1, 1]), pool.classes)
-    unlabeled = ImageSet(pool.images, torch.full((len(pool),), -1), pool.classes)
+    few, unlabeled, pool = few_and_pool()
     p = FinetuneParams(steps=30, batch_size=4, lr=0.01, strategy="semisup", mu=4, threshold=0.7)
     model = finetuning.build(build_encoder(SPEC), 2, "semisup")
     history = finetuning.train(model, few, p, "semisup", 0, torch.device("cpu"), unlabeled=unlabeled)
@@ -132,10 +138,11 @@ def test_semisup_learns_from_pseudo_labels_on_the_unlabeled_pool():
     assert (model(pool.images.float() / 255).argmax(1) == pool.labels).float().mean() > 0.9
 
 
-def test_semisup_without_an_unlabeled_pool_is_a_clear_error():
-    model = finetuning.build(build_encoder(SPEC), 2, "semisup")
-    with pytest.raises(PrefineError, match="semisup needs unlabeled images"):
-        finetuning.train(model, labeled(), FinetuneParams(strategy="semisup"), "semisup", 0, torch.device("cpu"))
+@pytest.mark.parametrize("strategy", finetuning.POOLED)
+def test_a_pool_strategy_without_an_unlabeled_pool_is_a_clear_error(strategy):
+    model = finetuning.build(build_encoder(SPEC), 2, strategy)
+    with pytest.raises(PrefineError, match=f"{strategy} needs unlabeled images"):
+        finetuning.train(model, labeled(), FinetuneParams(strategy=strategy), strategy, 0, torch.device("cpu"))
 
 
 def test_budget_is_counted_in_steps():

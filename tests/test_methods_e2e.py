@@ -25,7 +25,7 @@ from tasks.pretrain import train
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["autoencoder", "denoising", "simclr", "gan", "vicreg"]
+METHODS = ["autoencoder", "denoising", "simclr", "gan", "vicreg", "cluster"]
 
 
 def pretrain(params: Params, state_file: Path = paths.PRETRAIN_STATE_FILE, plots: Path = paths.PRETRAIN_PLOTS_DIR) -> list[dict]:

@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 
+from prefine.models.clusters import pixel_clusters
 from prefine.models.nets import build_encoder, encoder_spec
 from prefine.models.objectives import build_objective, nt_xent, vicreg_loss
 from prefine.params import PretrainParams
@@ -194,3 +195,43 @@ def test_gan_batchnorm_statistics_follow_the_discriminators_batches_once_per_ste
     reference(torch.cat([images.float() / 255, fake.detach()]))
     for (name, value), expected in zip(model.encoder.named_buffers(), reference.buffers()):
         assert torch.equal(value, expected), name
+
+
+def two_kinds(n: int = 40, size: int = 16) -> torch.Tensor:
+    """Half the images a bright top half, half a bright left half: two clusters of pixels."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 40, (n, 1, size, size), generator=gen)
+    images[: n // 2, :, : size // 2] += 200
+    images[n // 2 :, :, :, : size // 2] += 200
+    return images.clamp(max=255).to(torch.uint8)
+
+
+def test_pixel_clusters_separate_kinds_and_repeat_for_a_seed():
+    images = two_kinds()
+    clusters = pixel_clusters(images, 2, seed=0)
+    assert clusters.dtype == torch.long and clusters.shape == (40,)
+
+    def splits_the_kinds(c: torch.Tensor) -> bool:
+        return len(set(c[:20].tolist())) == 1 and len(set(c[20:].tolist())) == 1 and c[0] != c[-1]
+
+    assert splits_the_kinds(clusters)
+    assert torch.equal(pixel_clusters(images, 2, seed=0), clusters)
+    # large images are shrunk before the PCA: the same kinds at 64 px fall apart the same way
+    assert splits_the_kinds(pixel_clusters(torch.nn.functional.interpolate(images, size=64), 2, seed=0))
+
+
+def test_cluster_objective_learns_to_predict_its_pseudo_classes():
+    torch.manual_seed(0)
+    images = two_kinds()
+    targets = pixel_clusters(images, 2, seed=0)
+    model = build_objective(encoder_spec("conv", 1, 16, 8), PretrainParams(method="cluster", clusters=2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(30):
+        loss = model.loss(images, gen, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5

@@ -117,10 +117,14 @@ def random_grayscale(x: torch.Tensor, generator: torch.Generator, p: float = 0.2
 
 
 def two_views(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """SimCLR-style views of a batch, each independent: gray images as they always were
-    (crop-resize, flip, brightness/contrast), colour ones by SimCLR's recipe (colour_view)."""
-    view = gray_view if x.shape[1] == 1 else colour_view
-    return view(x, generator), view(x, generator)
+    """SimCLR-style views of a batch, each independent (one_view twice)."""
+    return one_view(x, generator), one_view(x, generator)
+
+
+def one_view(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A self-supervised view: gray images as they always were (crop-resize, flip,
+    brightness/contrast), colour ones by SimCLR's recipe (colour_view)."""
+    return gray_view(x, generator) if x.shape[1] == 1 else colour_view(x, generator)
 
 
 def gray_view(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

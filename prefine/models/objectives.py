@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prefine.data.augment import two_views
+from prefine.data.augment import one_view, two_views
 from prefine.distributed import gather, randn_rows
 from prefine.models.gan import GAN
 from prefine.models.nets import EncoderSpec, build_decoder, build_encoder, require_small_encoder, to_float, widen
@@ -106,6 +106,19 @@ class VICReg(nn.Module):
         return vicreg_loss(gather(z1), gather(z2))  # variance and covariance over the global batch
 
 
+class Cluster(nn.Module):
+    """Predict each image's pseudo-class (models/clusters.py: k-means of the pool's pixels) from
+    one augmented view: a classification task, so one forward pass an image, not two."""
+
+    def __init__(self, spec: EncoderSpec, clusters: int = 100) -> None:
+        super().__init__()
+        self.encoder = build_encoder(spec)
+        self.head = nn.Linear(self.encoder.dim, clusters)
+
+    def loss(self, images: torch.Tensor, generator: torch.Generator, clusters: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(widen(self.head(self.encoder(one_view(to_float(images), generator)))), clusters)
+
+
 def build_objective(spec: EncoderSpec, p: PretrainParams) -> nn.Module:
     """The objective named by pretrain.method, with its own knobs from the same section."""
     if p.method in ("autoencoder", "denoising", "gan"):
@@ -118,6 +131,8 @@ def build_objective(spec: EncoderSpec, p: PretrainParams) -> nn.Module:
         return GAN(spec, p.latent)
     if p.method == "vicreg":
         return VICReg(spec, p.expander)
+    if p.method == "cluster":
+        return Cluster(spec, p.clusters)
     return SimCLR(spec, p.temperature)
 
 

@@ -7,15 +7,19 @@ against 0.703 for 1,000 Adam steps on augmented batches, and 5 s instead of 21 (
 `full`: everything learns, the encoder at `encoder_lr_scale` times the head's LR.
 `semisup`: `full`, plus FixMatch on the unlabeled pool: a prediction on a weakly augmented view
 that is confident enough becomes the target for a strongly augmented view of the same image.
+`propagate`: `full`, plus the unlabeled pool with labels propagated from the labeled set over
+the kNN graph of the model's own embeddings (training/propagation.py), weighted by certainty; the
+labels are propagated again from the model being trained at the start of each of `rounds` rounds.
 `scratch`: the same architecture from random init, everything at the full LR, on the same data
-recipe as the chosen strategy (with the unlabeled pool when that is `semisup`), so the gap
-between the two measures the pretraining and nothing else.
+recipe as the chosen strategy (with the unlabeled pool when that is `semisup` or `propagate`:
+its graph then comes from the random encoder), so the gap between the two measures the
+pretraining and nothing else.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -31,9 +35,12 @@ from prefine.evaluate.probe import embed, probe_head
 from prefine.models import weights
 from prefine.models.nets import Classifier, Encoder, EncoderSpec, build_encoder, to_float, widen
 from prefine.params import FinetuneParams
+from prefine.training import propagation
 from prefine.training.loop import EpochFn, Run, StepOutput, fit
 
-STRATEGIES = ("linear", "partial", "full", "semisup", SCRATCH)
+STRATEGIES = ("linear", "partial", "full", "semisup", "propagate", SCRATCH)
+POOLED = ("semisup", "propagate")  # strategies that learn from the unlabeled pool too
+COUNTED = ("epoch", "step", "images")  # record fields that count on from round to round
 
 
 def build(encoder: Encoder, classes: int, strategy: str, unfreeze: int = 1) -> Classifier:
@@ -116,35 +123,74 @@ def train(
     unlabeled: ImageSet | None = None,
 ) -> list[dict[str, float]]:
     """Fine-tune `model` on the labeled set with light augmentation (shifts, optional flips);
-    when p.strategy is semisup (for its scratch baseline too), also on the unlabeled pool. Either
-    set may be in memory (read_split) or on disk (open_split)."""
+    when p.strategy learns from the pool (POOLED; for its scratch baseline too), also on the
+    unlabeled pool. Either set may be in memory (read_split) or on disk (open_split)."""
     model.to(device)
     if strategy == "linear":
         return _probe(model, labeled, device, on_epoch)
-    semisup = p.strategy == "semisup" and strategy in ("semisup", SCRATCH)
-    if semisup and (unlabeled is None or len(unlabeled) == 0):
-        raise PrefineError("finetune.strategy = semisup needs unlabeled images (data/unlabeled is empty)")
+    pooled = p.strategy in POOLED and strategy in (p.strategy, SCRATCH)
+    if pooled and (unlabeled is None or len(unlabeled) == 0):
+        raise PrefineError(f"finetune.strategy = {p.strategy} needs unlabeled images (data/unlabeled is empty)")
     optimizer = optimizer_for(model, p, strategy)
-    pool = unlabeled if semisup else None
 
-    def step(batch: Sequence[torch.Tensor], gen: torch.Generator) -> StepOutput:
+    def labeled_step(batch: Sequence[torch.Tensor], gen: torch.Generator) -> StepOutput:
         x = weak_view(to_float(batch[0]), p.shift, p.flip, gen)
         logits = widen(model(x))
         loss = F.cross_entropy(logits, batch[1])
         # accuracy on the (augmented) training batches: every label is in the budget, none held out
-        seen = {"train_accuracy": (logits.detach().argmax(dim=1) == batch[1]).to(logits.dtype).mean()}
-        if pool is None:
+        return loss, {"train_accuracy": (logits.detach().argmax(dim=1) == batch[1]).to(logits.dtype).mean()}
+
+    if pooled and p.strategy == "propagate":
+        return _propagated(model, labeled, unlabeled, p, strategy, seed, device, on_epoch, labeled_step)
+
+    def step(batch: Sequence[torch.Tensor], gen: torch.Generator) -> StepOutput:
+        loss, seen = labeled_step(batch, gen)
+        if not pooled:
             return loss, seen
-        pick = randint_rows(0, len(pool), p.mu * len(x), generator=gen, device=gen.device).cpu()  # this rank's share
-        unsup, confident = fixmatch_loss(model, pool.take(pick)[0].to(device), p, gen)
+        pick = randint_rows(0, len(unlabeled), p.mu * len(batch[0]), generator=gen, device=gen.device).cpu()  # this rank's share
+        unsup, confident = fixmatch_loss(model, unlabeled.take(pick)[0].to(device), p, gen)
         return loss + p.unlabeled_weight * unsup, {**seen, "labeled_loss": loss.detach(), "confident": confident}
 
-    run = Run(
-        data=labeled,
-        epochs=epochs_for(len(labeled), p),
-        batch_size=min(p.batch_size, len(labeled)),
-        seed=seed,
-        fingerprint="",
-        desc=strategy,
-    )
-    return fit(model, optimizer, step, run, device, on_epoch)
+    return fit(model, optimizer, step, _run(labeled, p, seed, strategy), device, on_epoch)
+
+
+def _run(labeled: ImageSet, p: FinetuneParams, seed: int, desc: str) -> Run:
+    return Run(data=labeled, epochs=epochs_for(len(labeled), p), batch_size=min(p.batch_size, len(labeled)),
+               seed=seed, fingerprint="", desc=desc)
+
+
+def _propagated(model: Classifier, labeled: ImageSet, pool: ImageSet, p: FinetuneParams, strategy: str,
+                seed: int, device: torch.device, on_epoch: EpochFn | None,
+                labeled_step: Callable[[Sequence[torch.Tensor], torch.Generator], StepOutput]) -> list[dict]:
+    """The `propagate` recipe: p.rounds rounds of p.steps / p.rounds steps, each with its own
+    cosine schedule (seed + round) and pool labels propagated from the model as it is then. The
+    records of later rounds count on from the earlier ones'."""
+    rows = propagation.pool_sample(len(pool), seed)
+    rounds = p.model_copy(update={"steps": max(1, p.steps // p.rounds)})
+    history: list[dict] = []
+    for r in range(p.rounds):
+        pseudo, weight = propagation.pool_labels(model.encoder, labeled, pool.images, rows, device)
+        shares = torch.bincount(pseudo, minlength=len(labeled.classes)).tolist()
+        print(f"{strategy}: round {r + 1}/{p.rounds}: labels propagated to {len(rows)} pool images "
+              f"(per class {shares}; mean weight {weight.mean().item():.3f})", flush=True)
+        pseudo, weight = pseudo.to(device), weight.to(device)
+
+        def step(batch: Sequence[torch.Tensor], gen: torch.Generator) -> StepOutput:
+            loss, seen = labeled_step(batch, gen)
+            pick = randint_rows(0, len(rows), p.mu * len(batch[0]), generator=gen, device=gen.device)
+            x = to_float(pool.take(torch.from_numpy(rows[pick.cpu().numpy()]))[0].to(device))
+            logits = widen(model(weak_view(x, p.shift, p.flip, gen)))
+            unsup = (F.cross_entropy(logits, pseudo[pick], reduction="none") * weight[pick]).mean()
+            return loss + p.unlabeled_weight * unsup, {**seen, "labeled_loss": loss.detach(),
+                                                       "pool_loss": unsup.detach()}
+
+        done = {key: history[-1][key] if history else 0 for key in COUNTED}
+
+        def shifted(record: dict, done: dict = done) -> dict:
+            return {**record, **{key: record[key] + done[key] for key in COUNTED}}
+
+        log = None if on_epoch is None else (lambda record: on_epoch(shifted(record)))
+        run = _run(labeled, rounds, seed + r, f"{strategy} round {r + 1}")
+        records = fit(model, optimizer_for(model, p, strategy), step, run, device, log)
+        history += [shifted(record) for record in records]
+    return history

@@ -10,14 +10,15 @@ from pathlib import Path
 import torch
 
 from prefine import distributed, fingerprint
-from prefine.data.store import open_split
+from prefine.data.store import ImageSet, open_split
 from prefine.models import weights
 from prefine.models.gan import GAN, save_samples
 from prefine.models.nets import spec_for
-from prefine.models.objectives import build_objective
+from prefine.models.clusters import pixel_clusters
+from prefine.models.objectives import Cluster, build_objective
 from prefine.params import Params
 from prefine.training import device as devices
-from prefine.training.loop import EpochFn, Run, fit
+from prefine.training.loop import EpochFn, Run, StepFn, fit
 
 SAMPLES_NAME = "samples.png"  # gan only: generated images from a fixed z, in the plots folder
 # keys that change how it runs, not what it learns: a saved state resumes across them
@@ -38,6 +39,8 @@ def pretrain(params: Params, unlabeled: Path, state_file: Path, plots: Path,
     if init is not None:
         weights.load_into(model.encoder, init, "pretrain.init")
     model.to(device)
+    if isinstance(model, Cluster):  # its targets ride in the labels' place (the pool has none)
+        data = ImageSet(data.images, pixel_clusters(data.images, p.clusters, params.seed), data.classes)
     betas = getattr(model, "betas", (0.9, 0.999))  # an objective may want its own (the GAN does)
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, betas=betas, weight_decay=p.weight_decay)
     run = Run(
@@ -56,7 +59,9 @@ def pretrain(params: Params, unlabeled: Path, state_file: Path, plots: Path,
     )
     print(f"pretrain: {p.method} with a {p.encoder} encoder on {len(data)} images, device {device}"
           + (f" (rank {distributed.rank()} of {distributed.world()})" if distributed.world() > 1 else ""), flush=True)
-    history = fit(model, optimizer, lambda batch, gen: model.loss(batch[0], gen), run, device, on_epoch)
+    clustered = isinstance(model, Cluster)
+    step: StepFn = lambda batch, gen: model.loss(batch[0], gen, *batch[1:2] if clustered else ())  # noqa: E731
+    history = fit(model, optimizer, step, run, device, on_epoch)
     if not distributed.is_main():
         return history
     samples = plots / SAMPLES_NAME
