@@ -96,3 +96,18 @@ def test_gan_resumed_after_a_crash_ends_as_an_uninterrupted_run(project, fmnist_
     expected = torch.load(reference_state, weights_only=True)["model"]
     for key, value in torch.load(paths.PRETRAIN_STATE_FILE, weights_only=True)["model"].items():
         assert torch.equal(value, expected[key]), key
+
+
+def test_propagate_learns_from_the_pool_through_the_finetune_stage(project, fmnist_slice, capsys):
+    """The stage hands `propagate` the unlabeled split; the pretrained run and its scratch twin
+    each propagate labels to the pool, once a round."""
+    params = tiny_params(fmnist_slice, "cluster")
+    params = params.model_copy(update={"finetune": params.finetune.model_copy(update={"strategy": "propagate",
+                                                                                      "rounds": 2})})
+    pretrain(params)
+    checkpoint(params)
+    finetune(params)
+    log = capsys.readouterr().out
+    assert log.count("round 1/2: labels propagated") == 2 and log.count("round 2/2: labels propagated") == 2
+    metrics = evaluate(params)
+    assert metrics["strategy"] == "propagate" and 0.0 <= metrics["pretrained"]["accuracy"] <= 1.0
