@@ -24,7 +24,7 @@ FIT_ROWS = 30_000  # images PCA and k-means are fitted on
 FIT_SIDE = 32  # images larger than this are area-shrunk to it first
 COMPONENTS = 64  # PCA dimensions clustered
 ITERATIONS = 30  # k-means (spherical) iterations
-BATCH = 4096  # images assigned at a time
+BATCH = 4096  # images read (and shrunk) at a time
 
 
 def _features(images: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,7 @@ def pixel_clusters(images: torch.Tensor | Pixels, clusters: int, seed: int) -> t
     n = len(images)
     rng = np.random.default_rng(seed)
     fit_rows = np.sort(rng.choice(n, FIT_ROWS, replace=False)) if n > FIT_ROWS else np.arange(n)
-    x = _features(gather(images, fit_rows))
+    x = torch.cat([_features(gather(images, fit_rows[i : i + BATCH])) for i in range(0, len(fit_rows), BATCH)])
     mean = x.mean(0)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)  # pca_lowrank draws a random projection
