@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from prefine.data.augment import strong_view, two_views  # noqa: E402
 from prefine.data.sources import read_idx  # noqa: E402
 from prefine.models.nets import encoder_spec, to_float  # noqa: E402
-from prefine.models.objectives import build_objective  # noqa: E402
+from prefine.models.objectives import Cluster, build_objective  # noqa: E402
 from prefine.params import PretrainParams  # noqa: E402
 from prefine.training import device as devices  # noqa: E402
 
@@ -86,10 +86,13 @@ def bench_method(method: str, args: argparse.Namespace, batches: list[torch.Tens
     gen = torch.Generator(device=device).manual_seed(0)
     model.train()
 
+    # cluster's pseudo-classes come from a k-means run once before training: any do for timing a step
+    targets = (torch.randint(0, p.clusters, (args.batch,), device=device),) if isinstance(model, Cluster) else ()
+
     def step(images: torch.Tensor) -> torch.Tensor:
         images = images.to(device, non_blocking=True)
         with devices.autocast(device):
-            out = model.loss(images, gen)
+            out = model.loss(images, gen, *targets)
         loss = out[0] if isinstance(out, tuple) else out  # (loss, parts) for the GAN
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
