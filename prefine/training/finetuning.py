@@ -131,7 +131,6 @@ def train(
     pooled = p.strategy in POOLED and strategy in (p.strategy, SCRATCH)
     if pooled and (unlabeled is None or len(unlabeled) == 0):
         raise PrefineError(f"finetune.strategy = {p.strategy} needs unlabeled images (data/unlabeled is empty)")
-    optimizer = optimizer_for(model, p, strategy)
 
     def labeled_step(batch: Sequence[torch.Tensor], gen: torch.Generator) -> StepOutput:
         x = weak_view(to_float(batch[0]), p.shift, p.flip, gen)
@@ -147,11 +146,12 @@ def train(
         loss, seen = labeled_step(batch, gen)
         if not pooled:
             return loss, seen
-        pick = randint_rows(0, len(unlabeled), p.mu * len(batch[0]), generator=gen, device=gen.device).cpu()  # this rank's share
+        n = p.mu * len(batch[0])  # this rank's share
+        pick = randint_rows(0, len(unlabeled), n, generator=gen, device=gen.device).cpu()
         unsup, confident = fixmatch_loss(model, unlabeled.take(pick)[0].to(device), p, gen)
         return loss + p.unlabeled_weight * unsup, {**seen, "labeled_loss": loss.detach(), "confident": confident}
 
-    return fit(model, optimizer, step, _run(labeled, p, seed, strategy), device, on_epoch)
+    return fit(model, optimizer_for(model, p, strategy), step, _run(labeled, p, seed, strategy), device, on_epoch)
 
 
 def _run(labeled: ImageSet, p: FinetuneParams, seed: int, desc: str) -> Run:
