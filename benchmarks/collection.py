@@ -139,11 +139,13 @@ def run_pretrain(data: str, steps: str, batch: str, workers: str) -> dict:
     from prefine.models.nets import encoder_spec
     from prefine.models.objectives import build_objective
     from prefine.params import PretrainParams
+    from prefine.training import device as devices
     from prefine.training.loop import Run, fit
 
     split = open_split(Path(data) / "unlabeled")
     torch.manual_seed(0)
-    model = build_objective(encoder_spec("resnet18", CHANNELS, SIZE, 32), PretrainParams(encoder="resnet18"))
+    device = devices.pick()  # a GPU where there is one, in bf16 as the pretraining stage runs it
+    model = build_objective(encoder_spec("resnet18", CHANNELS, SIZE, 32), PretrainParams(encoder="resnet18")).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     times: list[float] = []
 
@@ -151,11 +153,12 @@ def run_pretrain(data: str, steps: str, batch: str, workers: str) -> dict:
         times.append(time.perf_counter())
         if len(times) > int(steps):
             raise Enough
-        return model.loss(batch_tensors[0], gen)
+        with devices.autocast(device):
+            return model.loss(batch_tensors[0], gen)
 
     run = Run(split, epochs=1, batch_size=int(batch), seed=0, fingerprint="", workers=int(workers))
     try:
-        fit(model, optimizer, step, run, torch.device("cpu"))
+        fit(model, optimizer, step, run, device)
     except Enough:
         pass
     per_step = (times[-1] - times[1]) / (len(times) - 2)  # the first step warms up

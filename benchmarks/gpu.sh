@@ -28,8 +28,6 @@ part() {  # part NAME SECONDS COMMAND...: run it, keep its log, say how it ended
   grep -v -e '━' -e ' epoch ' "$OUT/$name.log" | tail -n 25
 }
 
-part methods 120 python3 benchmarks/gpu_methods.py --device cuda
-part methods-resnet18 90 python3 benchmarks/gpu_methods.py --device cuda --encoder resnet18 --size 96 --channels 3 \
-  --methods simclr,vicreg --batch 256 --steps 20
 part full $(( ${MINUTES:-4} * 60 + 120 )) python3 benchmarks/gpu_full.py --minutes "${MINUTES:-4}" --out "$OUT"
-part collection 180 python3 benchmarks/collection.py --sizes 10000 --steps 30 --batch 256 --workers 8 --work /tmp/collection
+part collection 150 python3 benchmarks/collection.py --sizes 10000 --steps 25 --batch 256 --workers 8 --work /tmp/collection
+part methods 50 python3 benchmarks/gpu_methods.py --device cuda

@@ -1,10 +1,11 @@
 """The `full` profile's accuracy on one GPU inside a wall-clock budget: ingest, pretrain once,
-then at each label budget a linear probe and FixMatch (`semisup`) from the pretrained encoder,
+then at each label budget a linear probe and the profile's fine-tuning from the pretrained encoder,
 next to the pixel/PCA baselines on the same labeled set and the full test split.
 
-Made for a short loan of a GPU: pretraining epochs and FixMatch steps are the profile's, cut to
+Made for a short loan of a GPU: pretraining epochs and fine-tuning steps are the profile's, cut to
 fit `--minutes` from timed first runs (each row says what it ran; the fine-tunings of a budget
-run the same steps, but for the linear probe, which is fitted to convergence and takes none). Every row is printed and written to --out/gpu_full.json as it comes, so a
+run the same steps, but for the linear probe, which is fitted to convergence and takes none;
+a run's fixed cost, such as each round's propagation, is timed apart from its steps). Every row is printed and written to --out/gpu_full.json as it comes, so a
 run stopped early keeps what it measured.
 No scratch twins (the full profile's targets are absolute). Usage:
 
@@ -21,6 +22,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -37,34 +39,51 @@ from prefine.training import device as devices  # noqa: E402
 from prefine.training import finetuning  # noqa: E402
 from prefine.training.pretraining import pretrain  # noqa: E402
 
-PRETRAIN_SHARE = 0.4  # of --minutes; the label budgets share the rest equally
-CALIBRATION_STEPS = 100  # steps of each fine-tuning timed before sizing a budget's runs
+PRETRAIN_SHARE = 0.4  # of --minutes, calibration included; the label budgets share the rest equally
+CALIBRATION_STEPS = 100  # each fine-tuning is timed at this many steps and twice as many to size a budget's runs
+
+
+def fixed_and_per_unit(seconds_for: Callable[[int], float], units: int) -> tuple[float, float]:
+    """(seconds outside the units, seconds a unit) of a run, from runs of `units` and twice as
+    many: a first run's one-off work (k-means, warm-up, a propagation, the linear probe's fit)
+    kept apart from the epochs or steps that scale."""
+    one, two = seconds_for(units), seconds_for(2 * units)
+    per_unit = max(0.0, (two - one) / units)
+    return max(0.0, one - units * per_unit), per_unit
 
 
 def sized_pretraining(params: Params, project: Path, seconds: float) -> tuple[Path, dict]:
-    """One epoch timed, then the profile's epochs or as many as fit `seconds`; the encoder file."""
+    """One and two epochs timed, then the profile's epochs or as many as fit `seconds`; the encoder file."""
     unlabeled = project / "data/unlabeled"
-    start = time.perf_counter()
-    pretrain(params.model_copy(update={"pretrain": params.pretrain.model_copy(update={"epochs": 1})}),
-             unlabeled, project / "calibration.pt", project / "plots-calibration")
-    epoch_s = time.perf_counter() - start
-    epochs = max(1, min(params.pretrain.epochs, int((seconds - epoch_s) / epoch_s)))
+
+    def seconds_for(epochs: int) -> float:
+        start = time.perf_counter()
+        pretrain(params.model_copy(update={"pretrain": params.pretrain.model_copy(update={"epochs": epochs})}),
+                 unlabeled, project / f"calibration-{epochs}.pt", project / "plots-calibration")
+        return time.perf_counter() - start
+
+    fixed, epoch_s = fixed_and_per_unit(seconds_for, 1)
+    epochs = max(1, min(params.pretrain.epochs, int((seconds - fixed) / max(epoch_s, 1e-3))))
     start = time.perf_counter()
     sized = params.model_copy(update={"pretrain": params.pretrain.model_copy(update={"epochs": epochs})})
     encoder, history = pretrained_encoder(sized, project, "encoder")
     wall = time.perf_counter() - start
     return encoder, {"epochs": epochs, "of": params.pretrain.epochs, "seconds": round(wall, 1),
-                     "first_epoch_s": round(epoch_s, 1), "final_loss": history[-1]["loss"],
+                     "fixed_s": round(fixed, 1), "epoch_s": round(epoch_s, 1), "final_loss": history[-1]["loss"],
                      "images_per_s": round(history[-1]["images"] / wall)}
 
 
-def seconds_per_step(strategy: str, params: Params, encoder: Path, labeled, unlabeled, seed: int) -> float:
-    """A fine-tuning step's wall time with `strategy`, from CALIBRATION_STEPS timed steps."""
-    p = params.finetune.model_copy(update={"steps": CALIBRATION_STEPS})
-    model = finetuning.start(strategy, encoder, len(labeled.classes), seed, p.unfreeze)
-    start = time.perf_counter()
-    finetuning.train(model, labeled, p, strategy=strategy, seed=seed, device=devices.pick(), unlabeled=unlabeled)
-    return (time.perf_counter() - start) / CALIBRATION_STEPS
+def cost(strategy: str, p, encoder: Path, labeled, unlabeled, seed: int) -> tuple[float, float]:
+    """(seconds a fine-tuning with `strategy` spends outside its steps, seconds a step); one
+    propagation a run."""
+    def seconds_for(steps: int) -> float:
+        q = p.model_copy(update={"steps": steps, "rounds": 1})
+        model = finetuning.start(strategy, encoder, len(labeled.classes), seed, q.unfreeze)
+        start = time.perf_counter()
+        finetuning.train(model, labeled, q, strategy=strategy, seed=seed, device=devices.pick(), unlabeled=unlabeled)
+        return time.perf_counter() - start
+
+    return fixed_and_per_unit(seconds_for, CALIBRATION_STEPS)
 
 
 def main() -> None:
@@ -73,7 +92,7 @@ def main() -> None:
     parser.add_argument("--profile", default="full")
     parser.add_argument("--minutes", type=float, default=6.0, help="wall-clock budget after ingest")
     parser.add_argument("--budgets", default="10,100,1", help="labels per class, in the order run")
-    parser.add_argument("--strategies", default="linear,semisup", help="fine-tunings per budget, same steps each")
+    parser.add_argument("--strategies", help="fine-tunings per budget, same steps each (default: linear and the profile's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value over the profile")
@@ -109,14 +128,18 @@ def main() -> None:
             base = baselines(labeled, test, unlabeled.images, params.checkpoint.knn_k)
             row = {"step": "finetune", "labels_per_class": budget,
                    **{k: round(v["accuracy"], 4) for k, v in base.items()}}
-            per_step = {strategy: seconds_per_step(strategy, params, encoder, labeled, unlabeled, args.seed)
-                        for strategy in args.strategies.split(",")}
-            left = share - (time.perf_counter() - start)
-            steps = max(CALIBRATION_STEPS, min(params.finetune.steps, int(0.9 * left / sum(per_step.values()))))
+            costs = {strategy: cost(strategy, params.finetune, encoder, labeled, unlabeled, args.seed)
+                     for strategy in (args.strategies or f"linear,{params.finetune.strategy}").split(",")}
+            left = 0.9 * (share - (time.perf_counter() - start))
+            left -= sum(fixed * (params.finetune.rounds if s == "propagate" else 1) for s, (fixed, _) in costs.items())
+            per_step = sum(step for _, step in costs.values())
+            fit = params.finetune.steps if per_step == 0 else int(left / per_step)
+            steps = max(CALIBRATION_STEPS, min(params.finetune.steps, fit))
             p = params.finetune.model_copy(update={"steps": steps})
-            row = {**row, "steps": steps, "of": params.finetune.steps,
-                   **{f"{k}_ms_per_step": round(1000 * v, 2) for k, v in per_step.items()}}
-            for strategy in per_step:
+            row = {**row, "steps": steps, "of": params.finetune.steps, "rounds": params.finetune.rounds,
+                   **{f"{k}_ms_per_step": round(1000 * v[1], 2) for k, v in costs.items()},
+                   **{f"{k}_fixed_s": round(v[0], 1) for k, v in costs.items()}}
+            for strategy in costs:
                 timed = time.perf_counter()
                 accuracy = fine_tune_and_score(strategy, encoder, labeled, test, p, args.seed, unlabeled)["accuracy"]
                 row[strategy] = round(accuracy, 4)

@@ -75,7 +75,7 @@ def pool_labels(encoder: Encoder, labeled: ImageSet, pool: Pixels | torch.Tensor
     graph of the encoder's standardised embeddings (labeled and pool images together)."""
     z = torch.cat([embed(encoder, labeled.images, device), embed(encoder, Rows(pool, rows), device)])
     z = (z - z.mean(0)) / (z.std(0) + 1e-6)
-    index, sims = knn_graph(z, NEIGHBOURS)
+    index, sims = knn_graph(z.to(device), NEIGHBOURS)
     seeds = torch.cat([labeled.labels, torch.full((len(rows),), -1, dtype=torch.long)])
     scores = propagate(index, sims, seeds, len(labeled.classes))
     return weighted_labels(scores[len(labeled):])
