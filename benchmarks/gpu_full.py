@@ -5,8 +5,9 @@ next to the pixel/PCA baselines on the same labeled set and the full test split.
 Made for a short loan of a GPU: pretraining epochs and fine-tuning steps are the profile's, cut to
 fit `--minutes` from timed first runs (each row says what it ran; the fine-tunings of a budget
 run the same steps, but for the linear probe, which is fitted to convergence and takes none;
-a run's fixed cost, such as each round's propagation, is timed apart from its steps). Every row is printed and written to --out/gpu_full.json as it comes, so a
-run stopped early keeps what it measured.
+a run's fixed cost, such as each round's propagation, is timed apart from its steps). Every row
+is printed and written to --out/gpu_full.json as it comes, so a run stopped early keeps what it
+measured.
 No scratch twins (the full profile's targets are absolute). Usage:
 
     python benchmarks/gpu_full.py --data /usr/share/datasets/fashion-mnist --minutes 6 --out OUT
@@ -32,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.subsets import fine_tune_and_score, pretrained_encoder  # noqa: E402
 from prefine.data.ingest import CACHE_NAME, ingest, read_pools  # noqa: E402
-from prefine.data.store import read_split  # noqa: E402
+from prefine.data.store import ImageSet, read_split  # noqa: E402
 from prefine.evaluate.baselines import evaluate as baselines  # noqa: E402
-from prefine.params import Params, load_with  # noqa: E402
+from prefine.params import FinetuneParams, Params, load_with  # noqa: E402
 from prefine.training import device as devices  # noqa: E402
 from prefine.training import finetuning  # noqa: E402
 from prefine.training.pretraining import pretrain  # noqa: E402
@@ -73,7 +74,8 @@ def sized_pretraining(params: Params, project: Path, seconds: float) -> tuple[Pa
                      "images_per_s": round(history[-1]["images"] / wall)}
 
 
-def cost(strategy: str, p, encoder: Path, labeled, unlabeled, seed: int) -> tuple[float, float]:
+def cost(strategy: str, p: FinetuneParams, encoder: Path, labeled: ImageSet, unlabeled: ImageSet,
+         seed: int) -> tuple[float, float]:
     """(seconds a fine-tuning with `strategy` spends outside its steps, seconds a step); one
     propagation a run."""
     def seconds_for(steps: int) -> float:
