@@ -8,8 +8,8 @@ the next (hard links) and --sizes 10000 50000 makes 50,000 images once.
 
 Per size, each measured in a fresh process: ingest at 96 px RGB with one process and with every
 core (wall time, img/s, peak RSS of the ingest process and of a decode worker), bytes on disk
-per image (source JPEGs, split shards, decode cache), the first --steps SimCLR steps of resnet18
-(peak RSS with its loader workers, the model's img/s) and the loader's img/s alone; then 1,000
+per image (source JPEGs, split shards, decode cache), the first --steps SimCLR steps of resnet18,
+on a GPU where there is one (peak RSS with its loader workers, the model's img/s) and the loader's img/s alone; then 1,000
 images are added to the largest size and ingested again (time, images decoded, and per split the
 shards kept as they were and the shards added).
 --storage compares raw uint8 shards with encoded ones (JPEG, PNG): bytes, decode img/s, RSS.

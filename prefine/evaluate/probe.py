@@ -56,8 +56,9 @@ def knn_accuracy(embeddings: torch.Tensor, labels: torch.Tensor, k: int) -> floa
 
 def knn_graph(embeddings: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(indices [N, k], cosine similarities [N, k]), on the CPU, of each row's k nearest other rows,
-    nearest first, computed where `embeddings` are (on a GPU when training runs on one). The similarities are taken KNN_ROWS rows at a time: memory KNN_ROWS x N, not N x N (60,000
-    images need 1 GB, not 14)."""
+    nearest first, computed where `embeddings` are (on a GPU when training runs on one). The
+    similarities are taken KNN_ROWS rows at a time: memory KNN_ROWS x N, not N x N (60,000 images
+    need 1 GB, not 14)."""
     z = F.normalize(embeddings, dim=1)
     k = min(k, len(z) - 1)
     index = torch.empty(len(z), k, dtype=torch.long, device=z.device)
