@@ -94,6 +94,17 @@ def seconds(table: pd.DataFrame) -> pd.DataFrame:
     return grouped.agg(wall_s_mean=("wall_s", "mean"), wall_s_std=("wall_s", "std")).reset_index()
 
 
+def per_run(table: pd.DataFrame) -> str:
+    """Each run's test accuracy, a column per (budget, seed): the pairs behind every mean, since a
+    pretrained model and its scratch twin are compared seed by seed."""
+    runs = table.assign(run=[f"{b}, seed {s}" for b, s in table[["labels_per_class", "seed"]].values])
+    wide = runs.pivot(index="method", columns="run", values="accuracy")
+    wide = wide.loc[list(dict.fromkeys(runs["method"])), list(dict.fromkeys(runs["run"]))]
+    lines = ["| method | " + " | ".join(wide.columns) + " |", "|---|" + "---:|" * len(wide.columns)]
+    lines += [f"| {method} | " + " | ".join(f"{v:.4f}" for v in row) + " |" for method, row in wide.iterrows()]
+    return "\n".join(lines) + "\n"
+
+
 def readme_table(table: pd.DataFrame, params: Params, pretraining: dict) -> str:
     """The README's results table: accuracy per budget (mean ± std over seeds) and the seconds a
     run took (mean over budgets and seeds; the pretrained row adds its seed's pretraining)."""
@@ -183,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         "## Seconds per run (fit + predict; pca_* include the PCA fit they share; networks: fine-tuning and "
         "scoring, not pretraining)\n",
         markdown(seconds(table), "wall_s"),
+        "## Test accuracy of each run (columns: labels per class, seed)\n", per_run(table),
     ])
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,8 @@ def test_baselines_table_has_every_comparison_and_rewrites_the_readme_block(tmp_
     baselines = _load("baselines", monkeypatch)
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{baselines.README_BEGIN}\nold table\n{baselines.README_END}\nafter\n")
-    tiny = ["-S", "ingest.limit=300", "-S", "pretrain.epochs=1", "-S", "pretrain.width=4", "-S", "finetune.steps=3"]
+    tiny = ["-S", "ingest.limit=300", "-S", "pretrain.method=simclr", "-S", "pretrain.epochs=1", "-S", "pretrain.width=4",
+            "-S", "finetune.steps=3"]
     baselines.main(["--networks", "--budgets", "2,3", "--seeds", "0", *tiny, "--out", str(tmp_path / "b.md"),
                     "--readme", str(readme)])
     text = readme.read_text()
@@ -50,6 +51,11 @@ def test_baselines_table_has_every_comparison_and_rewrites_the_readme_block(tmp_
             "logistic regression on the pixels"} <= {row[0][2:] for row in rows}
     report = (tmp_path / "b.md").read_text()
     assert all(name in report for name in ("linear_probe", "pretrained", "scratch", "pixels_logreg", "pca_knn"))
+    runs = report.split("## Test accuracy of each run")[1].splitlines()
+    assert runs[2] == "| method | 2, seed 0 | 3, seed 0 |"
+    methods = ("linear_probe", "pretrained", "scratch", "pca_knn", "pca_logreg", "pixels_knn", "pixels_logreg")
+    assert [line.split(" | ")[0] for line in runs[4:]] == [f"| {m}" for m in methods]
+    assert all(0 <= float(cell) <= 1 for line in runs[4:] for cell in line.strip(" |").split(" | ")[1:])
 
 
 def test_baselines_refuses_a_readme_without_the_block_and_leaves_it(tmp_path, monkeypatch):

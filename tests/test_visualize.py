@@ -144,6 +144,7 @@ def test_top_confusions_lists_mistakes_only_most_first():
     ("simclr", "full", ["original", "simclr\nview 1", "simclr\nview 2", "fine-tune\nshift 2, flip True"]),
     ("denoising", "full", ["original", "denoising input\nnoise 0.3", "fine-tune\nshift 2, flip True"]),
     ("gan", "semisup", ["original", "fine-tune\nshift 2, flip True", "FixMatch\nstrong view"]),
+    ("cluster", "propagate", ["original", "cluster\nview", "fine-tune\nshift 2, flip True", "pool images\nstrong view"]),
 ])
 def test_augmentation_preview_shows_the_views_the_params_make(method, strategy, columns):
     params = Params.model_validate({"pretrain": {"method": method}, "finetune": {"strategy": strategy}})

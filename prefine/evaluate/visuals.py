@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from prefine.atomic import atomic_path
-from prefine.data.augment import strong_view, two_views, weak_view
+from prefine.data.augment import one_view, strong_view, two_views, weak_view
 from prefine.data.store import ImageSet, Pixels, gather
 from prefine.evaluate.metrics import predict
 from prefine.evaluate.probe import embed
@@ -195,19 +195,25 @@ def neighbours(encoder: nn.Module, test: ImageSet, pool: torch.Tensor | Pixels, 
 
 def augmented_views(images: torch.Tensor, params: Params) -> dict[str, torch.Tensor]:
     """Views of uint8 `images` as training makes them under `params` (title -> float images):
-    the two views of simclr/vicreg (denoising: its noisy input; autoencoder and gan see the
-    image as is), fine-tuning's shift and flip, and FixMatch's strong view for semisup."""
+    the two views of simclr/vicreg, cluster's one view (denoising: its noisy input; autoencoder and
+    gan see the image as is), fine-tuning's shift and flip, and the strong view the pool images
+    get under semisup (FixMatch's) and propagate (after the shift and flip)."""
     x, g = to_float(images), torch.Generator().manual_seed(SEED)
     pre, fine = params.pretrain, params.finetune
     views = {"original": x}
     if pre.method in VIEW_METHODS:
         first, second = two_views(x, g)
         views |= {f"{pre.method}\nview 1": first, f"{pre.method}\nview 2": second}
+    elif pre.method == "cluster":
+        views["cluster\nview"] = one_view(x, g)
     elif pre.method == "denoising":  # as objectives.Autoencoder corrupts its input
         views[f"denoising input\nnoise {pre.noise}"] = (x + pre.noise * torch.randn(x.shape, generator=g)).clamp(0, 1)
-    views[f"fine-tune\nshift {fine.shift}, flip {fine.flip}"] = weak_view(x, fine.shift, fine.flip, g)
+    shifted = weak_view(x, fine.shift, fine.flip, g)
+    views[f"fine-tune\nshift {fine.shift}, flip {fine.flip}"] = shifted
     if fine.strategy == "semisup":
         views["FixMatch\nstrong view"] = strong_view(x, g)
+    elif fine.strategy == "propagate":
+        views["pool images\nstrong view"] = strong_view(shifted, g)
     return views
 
 
