@@ -4,7 +4,7 @@ Why: on a CPU budget the encoder learns more per second from a classification ta
 contrastive pairs (one view an image, not two), and k-means of pixel PCA already groups
 Fashion-MNIST's pool 0.754 by class (purity, 100 clusters). An encoder trained to predict those
 clusters under augmentation gives a kNN graph whose label propagation labels the pool 0.773
-correctly from 10 labels a class, against 0.751 for the default SimCLR's (docs/results.md).
+correctly from 10 labels a class, against 0.751 for 2 epochs of SimCLR (docs/results.md).
 
 Bounded work at any size: PCA and k-means are fitted on at most FIT_ROWS images (a seeded sample),
 each shrunk to at most FIT_SIDE pixels a side, and every image is then assigned a batch at a time.
