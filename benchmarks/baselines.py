@@ -8,7 +8,7 @@ seed would) in a temporary project. Prints the tables and writes them to --out u
 saying how they were made; --readme also rewrites the README's results table. Usage:
 
     OMP_NUM_THREADS=1 python benchmarks/baselines.py [--budgets 10,100] [--seeds 0,1,2]
-    python benchmarks/baselines.py --networks --readme README.md    # 19 min on 2 CPU cores (session 9)
+    python benchmarks/baselines.py --networks --readme README.md    # 23 min on 2 CPU cores (session 15)
 """
 
 from __future__ import annotations
@@ -95,14 +95,11 @@ def seconds(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def per_run(table: pd.DataFrame) -> str:
-    """Each run's test accuracy, a column per (budget, seed): the pairs behind every mean, since a
-    pretrained model and its scratch twin are compared seed by seed."""
-    runs = table.assign(run=[f"{b}, seed {s}" for b, s in table[["labels_per_class", "seed"]].values])
-    wide = runs.pivot(index="method", columns="run", values="accuracy")
-    wide = wide.loc[list(dict.fromkeys(runs["method"])), list(dict.fromkeys(runs["run"]))]
-    lines = ["| method | " + " | ".join(wide.columns) + " |", "|---|" + "---:|" * len(wide.columns)]
-    lines += [f"| {method} | " + " | ".join(f"{v:.4f}" for v in row) + " |" for method, row in wide.iterrows()]
-    return "\n".join(lines) + "\n"
+    """Each run's test accuracy in markdown's layout, a column per (budget, seed): the pairs behind
+    every mean, since a pretrained model and its scratch twin are compared seed by seed."""
+    runs = table.assign(labels_per_class=[f"{b}, seed {s}" for b, s in table[["labels_per_class", "seed"]].values],
+                        accuracy_mean=table["accuracy"], accuracy_std=float("nan"))
+    return markdown(runs, "accuracy")
 
 
 def readme_table(table: pd.DataFrame, params: Params, pretraining: dict) -> str:
