@@ -98,6 +98,23 @@ def test_gan_resumed_after_a_crash_ends_as_an_uninterrupted_run(project, fmnist_
         assert torch.equal(value, expected[key]), key
 
 
+def test_cluster_does_not_resume_a_state_trained_toward_other_pseudo_classes(project, fmnist_slice, monkeypatch):
+    """Same params and data, but the code makes other targets (as when the HOG replaced the pixels):
+    the finished state of the old targets must not stand in for training on the new ones."""
+    import prefine.training.pretraining as pretraining
+
+    params = tiny_params(fmnist_slice, "cluster")
+    pretrain(params)
+    before = torch.load(paths.PRETRAIN_STATE_FILE, weights_only=True)
+    assert pretrain(params) and torch.load(paths.PRETRAIN_STATE_FILE, weights_only=True)["fingerprint"] == before["fingerprint"]
+    made = pretraining.hog_clusters
+    monkeypatch.setattr(pretraining, "hog_clusters", lambda *a: (made(*a) + 1) % params.pretrain.clusters)
+    pretrain(params)
+    after = torch.load(paths.PRETRAIN_STATE_FILE, weights_only=True)
+    assert after["fingerprint"] != before["fingerprint"]
+    assert any(not torch.equal(value, before["model"][key]) for key, value in after["model"].items())
+
+
 def test_propagate_learns_from_the_pool_through_the_finetune_stage(project, fmnist_slice, capsys):
     """The stage hands `propagate` the unlabeled split; the pretrained run and its scratch twin
     each propagate labels to the pool, once a round."""

@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from prefine.models.clusters import pixel_clusters
+from prefine.models.clusters import hog, hog_clusters
 from prefine.models.nets import build_encoder, encoder_spec
 from prefine.models.objectives import build_objective, nt_xent, vicreg_loss
 from prefine.params import PretrainParams
@@ -198,7 +198,7 @@ def test_gan_batchnorm_statistics_follow_the_discriminators_batches_once_per_ste
 
 
 def two_kinds(n: int = 40, size: int = 16) -> torch.Tensor:
-    """Half the images a bright top half, half a bright left half: two clusters of pixels."""
+    """Half the images a bright top half, half a bright left half: two kinds of edge."""
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 40, (n, 1, size, size), generator=gen)
     images[: n // 2, :, : size // 2] += 200
@@ -206,24 +206,36 @@ def two_kinds(n: int = 40, size: int = 16) -> torch.Tensor:
     return images.clamp(max=255).to(torch.uint8)
 
 
-def test_pixel_clusters_separate_kinds_and_repeat_for_a_seed():
+def test_hog_clusters_separate_kinds_and_repeat_for_a_seed():
     images = two_kinds()
-    clusters = pixel_clusters(images, 2, seed=0)
+    clusters = hog_clusters(images, 2, seed=0)
     assert clusters.dtype == torch.long and clusters.shape == (40,)
 
     def splits_the_kinds(c: torch.Tensor) -> bool:
         return len(set(c[:20].tolist())) == 1 and len(set(c[20:].tolist())) == 1 and c[0] != c[-1]
 
     assert splits_the_kinds(clusters)
-    assert torch.equal(pixel_clusters(images, 2, seed=0), clusters)
-    # large images are shrunk before the PCA: the same kinds at 64 px fall apart the same way
-    assert splits_the_kinds(pixel_clusters(torch.nn.functional.interpolate(images, size=64), 2, seed=0))
+    assert torch.equal(hog_clusters(images, 2, seed=0), clusters)
+    # large images are shrunk first: the same kinds at 64 px fall apart the same way
+    assert splits_the_kinds(hog_clusters(torch.nn.functional.interpolate(images, size=64), 2, seed=0))
+
+
+def test_hog_sees_edge_orientation_not_brightness_and_takes_the_strongest_channel():
+    edge = torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
+    edge[..., 14:] = 200  # a vertical edge: horizontal gradients, orientation 0
+    turned = edge.transpose(2, 3)  # a horizontal edge: orientation 90 degrees
+    bins = hog(edge).view(-1, 9, 4).sum((0, 2)), hog(turned).view(-1, 9, 4).sum((0, 2))  # blocks: bins x 2 x 2 cells
+    assert bins[0].argmax() == 0 and bins[1].argmax() == 4
+    assert torch.allclose(hog(edge // 2), hog(edge), atol=1e-5)  # contrast does not matter
+    colour = torch.zeros(1, 3, 28, 28, dtype=torch.uint8)
+    colour[:, 1] = edge[0, 0]  # the edge only in green
+    assert torch.allclose(hog(colour), hog(edge), atol=1e-5)
 
 
 def test_cluster_objective_learns_to_predict_its_pseudo_classes():
     torch.manual_seed(0)
     images = two_kinds()
-    targets = pixel_clusters(images, 2, seed=0)
+    targets = hog_clusters(images, 2, seed=0)
     model = build_objective(encoder_spec("conv", 1, 16, 8), PretrainParams(method="cluster", clusters=2))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)

@@ -107,7 +107,7 @@ class VICReg(nn.Module):
 
 
 class Cluster(nn.Module):
-    """Predict each image's pseudo-class (models/clusters.py: k-means of the pool's pixels) from
+    """Predict each image's pseudo-class (models/clusters.py: k-means of the pool's HOG) from
     one augmented view: a classification task, so one forward pass an image, not two."""
 
     def __init__(self, spec: EncoderSpec, clusters: int = 100) -> None:

@@ -14,7 +14,7 @@ from prefine.data.store import ImageSet, open_split
 from prefine.models import weights
 from prefine.models.gan import GAN, save_samples
 from prefine.models.nets import spec_for
-from prefine.models.clusters import pixel_clusters
+from prefine.models.clusters import hog_clusters
 from prefine.models.objectives import Cluster, build_objective
 from prefine.params import Params
 from prefine.training import device as devices
@@ -40,7 +40,7 @@ def pretrain(params: Params, unlabeled: Path, state_file: Path, plots: Path,
         weights.load_into(model.encoder, init, "pretrain.init")
     model.to(device)
     if isinstance(model, Cluster):  # its targets ride in the labels' place (the pool has none)
-        data = ImageSet(data.images, pixel_clusters(data.images, p.clusters, params.seed), data.classes)
+        data = ImageSet(data.images, hog_clusters(data.images, p.clusters, params.seed), data.classes)
     betas = getattr(model, "betas", (0.9, 0.999))  # an objective may want its own (the GAN does)
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, betas=betas, weight_decay=p.weight_decay)
     run = Run(
@@ -50,7 +50,8 @@ def pretrain(params: Params, unlabeled: Path, state_file: Path, plots: Path,
         seed=params.seed,
         fingerprint=fingerprint.of(params.seed, p.model_dump(exclude=HOW_NOT_WHAT), spec,
                                    fingerprint.file_sha256(unlabeled / "manifest.parquet"),
-                                   init and fingerprint.file_sha256(init)),
+                                   init and fingerprint.file_sha256(init),
+                                   isinstance(model, Cluster) and fingerprint.array_sha256(data.labels.numpy())),
         state_file=state_file,
         desc="pretrain",
         meta={"spec": spec, "method": p.method, "seed": params.seed, "pretrain": p.model_dump()},
