@@ -39,7 +39,8 @@ def pretrain(params: Params, unlabeled: Path, state_file: Path, plots: Path,
     if init is not None:
         weights.load_into(model.encoder, init, "pretrain.init")
     model.to(device)
-    if isinstance(model, Cluster):  # its targets ride in the labels' place (the pool has none)
+    clustered = isinstance(model, Cluster)
+    if clustered:  # its targets ride in the labels' place (the pool has none)
         data = ImageSet(data.images, hog_clusters(data.images, p.clusters, params.seed), data.classes)
     betas = getattr(model, "betas", (0.9, 0.999))  # an objective may want its own (the GAN does)
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, betas=betas, weight_decay=p.weight_decay)
@@ -51,7 +52,7 @@ def pretrain(params: Params, unlabeled: Path, state_file: Path, plots: Path,
         fingerprint=fingerprint.of(params.seed, p.model_dump(exclude=HOW_NOT_WHAT), spec,
                                    fingerprint.file_sha256(unlabeled / "manifest.parquet"),
                                    init and fingerprint.file_sha256(init),
-                                   isinstance(model, Cluster) and fingerprint.array_sha256(data.labels.numpy())),
+                                   clustered and fingerprint.array_sha256(data.labels.numpy())),
         state_file=state_file,
         desc="pretrain",
         meta={"spec": spec, "method": p.method, "seed": params.seed, "pretrain": p.model_dump()},
@@ -60,7 +61,6 @@ def pretrain(params: Params, unlabeled: Path, state_file: Path, plots: Path,
     )
     print(f"pretrain: {p.method} with a {p.encoder} encoder on {len(data)} images, device {device}"
           + (f" (rank {distributed.rank()} of {distributed.world()})" if distributed.world() > 1 else ""), flush=True)
-    clustered = isinstance(model, Cluster)
     step: StepFn = lambda batch, gen: model.loss(batch[0], gen, *batch[1:2] if clustered else ())  # noqa: E731
     history = fit(model, optimizer, step, run, device, on_epoch)
     if not distributed.is_main():
