@@ -1,12 +1,13 @@
 """pretrain stage: train the encoder without labels on data/unlabeled, streamed from disk;
 resumable after each epoch, or at the exact batch with pretrain.save_every. It trains in
-paths.PRETRAIN_RESUME_FILE and copies the finished state to its output, so that a rerun after a
+paths.PRETRAIN_RESUME_FILE and moves the finished state to its output, so that a rerun after a
 crash resumes and the output, not being `persist`, is in DVC's run-cache (a study's cells that
-share a method and seed pretrain once)."""
+share a method and seed pretrain once). Moved, not copied: a finished state left behind would be
+resumed by the next run, which DVC starts because a dependency changed, the objective's code
+perhaps, and would write the old weights under the new code."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from prefine import distributed, paths
@@ -32,7 +33,7 @@ def _body(params: Params) -> None:
     train(params)
     if distributed.is_main():
         with atomic_path(paths.PRETRAIN_STATE_FILE) as tmp:
-            shutil.copyfile(paths.PRETRAIN_RESUME_FILE, tmp)
+            paths.PRETRAIN_RESUME_FILE.replace(tmp)
 
 
 if __name__ == "__main__":
