@@ -84,7 +84,8 @@ def run_networks(params: Params, project: Path, budgets: list[int], seeds: list[
                 score = fine_tune_and_score(how, encoder, labeled, test, params.finetune, seed, unlabeled)
                 rows.append({"method": name, "labels_per_class": budget, "seed": seed, "labeled": len(labeled),
                              **score, "wall_s": time.perf_counter() - start})
-            print(f"{budget} labels/class, seed {seed}: networks done", file=sys.stderr, flush=True)
+                print(f"{budget} labels/class, seed {seed}, {name}: accuracy {score['accuracy']:.4f} "
+                      f"({rows[-1]['wall_s']:.0f} s)", file=sys.stderr, flush=True)
     return rows, pretraining
 
 
@@ -116,7 +117,8 @@ def readme_table(table: pd.DataFrame, params: Params, pretraining: dict) -> str:
              "|---|" + "---:|" * (len(budgets) + 1)]
     for method, rows in summary.groupby("method", sort=False):
         cells = [f"{m:.3f} ± {s:.3f}" for m, s in rows[["accuracy_mean", "accuracy_std"]].values]
-        cost = f"{pre:.0f} + {per_run[method]:.0f}" if method in (PROBE, "pretrained") else f"{per_run[method]:.2g}"
+        run = per_run[method]
+        cost = f"{pre:.0f} + {run:.0f}" if method in (PROBE, "pretrained") else f"{run:.0f}" if run >= 10 else f"{run:.2g}"
         lines.append(f"| {names.get(method, method)} | " + " | ".join(cells) + f" | {cost} |")
     return "\n".join(lines) + "\n"
 

@@ -40,7 +40,7 @@ def test_baselines_table_has_every_comparison_and_rewrites_the_readme_block(tmp_
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{baselines.README_BEGIN}\nold table\n{baselines.README_END}\nafter\n")
     tiny = ["-S", "ingest.limit=300", "-S", "pretrain.method=simclr", "-S", "pretrain.epochs=1", "-S", "pretrain.width=4",
-            "-S", "finetune.steps=3"]
+            "-S", "finetune.steps=3", "-S", "finetune.strategy=full"]
     baselines.main(["--networks", "--budgets", "2,3", "--seeds", "0", *tiny, "--out", str(tmp_path / "b.md"),
                     "--readme", str(readme)])
     text = readme.read_text()
