@@ -118,7 +118,8 @@ def readme_table(table: pd.DataFrame, params: Params, pretraining: dict) -> str:
     for method, rows in summary.groupby("method", sort=False):
         cells = [f"{m:.3f} ± {s:.3f}" for m, s in rows[["accuracy_mean", "accuracy_std"]].values]
         run = per_run[method]
-        cost = f"{pre:.0f} + {run:.0f}" if method in (PROBE, "pretrained") else f"{run:.0f}" if run >= 10 else f"{run:.2g}"
+        alone = f"{run:.0f}" if run >= 10 else f"{run:.2g}"  # 219, not 2.2e+02; 0.29
+        cost = f"{pre:.0f} + {run:.0f}" if method in (PROBE, "pretrained") else alone
         lines.append(f"| {names.get(method, method)} | " + " | ".join(cells) + f" | {cost} |")
     return "\n".join(lines) + "\n"
 

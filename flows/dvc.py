@@ -114,14 +114,18 @@ def status(repo: Path, *targets: str) -> dict[str, list]:
 @dataclass(frozen=True)
 class Snapshot:
     """What a run may change outside DVC's cache, as it was before the run: params.yaml, dvc.lock
-    and the `cache: false` outputs (metrics, plots), kept in a temp folder to put back if the run fails."""
+    and the `cache: false` outputs (metrics, plots), kept in a temp folder to put back if the run fails.
+    The folder lies in the repo's .dvc/tmp (git ignores it): a run killed before it could restore or
+    discard leaves its copies with the repo they came from, not in the machine's /tmp."""
 
     repo: Path
     saved: Path
 
     @classmethod
     def take(cls, repo: Path) -> Snapshot:
-        saved = Path(tempfile.mkdtemp(prefix="prefine-snapshot-"))
+        scratch = repo / ".dvc" / "tmp"
+        scratch.mkdir(parents=True, exist_ok=True)
+        saved = Path(tempfile.mkdtemp(prefix="prefine-snapshot-", dir=scratch))
         for name in ("params.yaml", "dvc.lock", *_uncached_outputs(repo)):
             source = repo / name
             if source.is_dir():

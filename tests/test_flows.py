@@ -188,6 +188,7 @@ def test_concurrent_runs_with_different_overrides_each_train_what_they_asked(pro
                                                                              first_training: dict) -> None:
     """Two runs in one checkout queue up (a run lock) instead of training on each other's params."""
     before = Snapshot.take(project)
+    assert before.saved.parent == project / ".dvc" / "tmp"  # a killed run's copies stay with its repo
     command = [*PREFINE, "flow", "--repo", str(project), "--no-register"]
     runs = {steps: subprocess.Popen([*command, "-S", f"finetune.steps={steps}"], stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True) for steps in (6, 8)}
