@@ -35,12 +35,17 @@ class DvcResult:
     skipped: bool  # every stage it considered was up to date
 
 
+def dvc_tmp(repo: Path) -> Path:
+    """The repo's .dvc/tmp (git ignores it), made if missing: where a run's locks and snapshot live."""
+    path = Path(repo) / ".dvc" / "tmp"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @contextmanager
 def dvc_lock(repo: Path) -> Iterator[None]:
     """Hold the repo's DVC lock file (waiting for it), so concurrent runs queue up."""
-    path = Path(repo) / ".dvc" / "tmp" / "prefine-dvc.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path)):
+    with FileLock(str(dvc_tmp(repo) / "prefine-dvc.lock")):
         yield
 
 
@@ -48,9 +53,7 @@ def dvc_lock(repo: Path) -> Iterator[None]:
 def run_lock(repo: Path) -> Iterator[None]:
     """Hold the checkout for a whole run (params, stages, register): runs with different
     overrides in one checkout queue up instead of training on each other's params.yaml."""
-    path = Path(repo) / ".dvc" / "tmp" / "prefine-run.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path)):
+    with FileLock(str(dvc_tmp(repo) / "prefine-run.lock")):
         yield
 
 
@@ -123,9 +126,7 @@ class Snapshot:
 
     @classmethod
     def take(cls, repo: Path) -> Snapshot:
-        scratch = repo / ".dvc" / "tmp"
-        scratch.mkdir(parents=True, exist_ok=True)
-        saved = Path(tempfile.mkdtemp(prefix="prefine-snapshot-", dir=scratch))
+        saved = Path(tempfile.mkdtemp(prefix="prefine-snapshot-", dir=dvc_tmp(repo)))
         for name in ("params.yaml", "dvc.lock", *_uncached_outputs(repo)):
             source = repo / name
             if source.is_dir():
