@@ -83,6 +83,7 @@ class FinetuneParams(_Section):
     unlabeled_weight: float = Field(1.0, ge=0.0)  # semisup, propagate: weight of the unlabeled loss
     rounds: int = Field(1, ge=1)  # propagate: the pool's labels are propagated again this many times
     init: str | None = None  # fine-tune from this weights file instead of the pretrained encoder
+    head_init: Literal["probe", "random"] = "probe"  # the pretrained run's head: the converged probe (LP-FT), or random
     auto_folds: int = Field(3, ge=2, le=10)  # auto: cross-validation folds of the labeled budget
     auto_budget: float = Field(3.0, gt=0.0, le=20.0)  # auto: all CV fits cost this many fine-tuning runs
 

@@ -10,6 +10,7 @@ from prefine.data.augment import (
 )
 from prefine.data.store import ImageSet
 from prefine.errors import PrefineError
+from prefine.evaluate.probe import probe_head
 from prefine.models import weights
 from prefine.models.nets import build_encoder, encoder_spec
 from prefine.params import FinetuneParams
@@ -166,3 +167,21 @@ def test_a_pretrained_run_and_its_scratch_twin_start_from_the_same_head(tmp_path
     scratch = finetuning.start(finetuning.SCRATCH, SPEC, 2, seed=0)
     assert torch.equal(pretrained.head.weight, scratch.head.weight)
     assert not torch.equal(pretrained.encoder.blocks[0][0].weight, scratch.encoder.blocks[0][0].weight)
+
+
+@pytest.mark.parametrize("strategy,head_init,starts_as_probe", [
+    ("full", "probe", True), ("partial", "probe", True), ("full", "random", False),
+    (finetuning.SCRATCH, "probe", False),  # the twin's head is random whatever head_init says
+])
+def test_the_head_starts_as_the_probe_only_for_a_pretrained_run_that_asks(strategy, head_init, starts_as_probe):
+    torch.manual_seed(0)
+    model = finetuning.build(build_encoder(SPEC), 2, strategy)
+    random_head = model.head.weight.detach().clone()
+    probed = finetuning.build(build_encoder(SPEC), 2, strategy)
+    probed.load_state_dict(model.state_dict())
+    probe_head(probed, labeled(), torch.device("cpu"))
+    assert not torch.allclose(probed.head.weight, random_head)
+    p = FinetuneParams(steps=1, batch_size=8, lr=1e-12, head_init=head_init)  # one step that moves nothing
+    finetuning.train(model, labeled(), p, strategy, 0, torch.device("cpu"))
+    expected = probed.head.weight if starts_as_probe else random_head
+    assert torch.allclose(model.head.weight, expected, atol=1e-6)

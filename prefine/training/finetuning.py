@@ -13,7 +13,12 @@ labels are propagated again from the model being trained at the start of each of
 The pool images are seen under the strong view, as FixMatch's are: with the weak view the model
 fits the propagated labels' errors as rounds go on (10 labels a class, seed 0, 4 rounds: 0.8059
 strong against 0.7894 weak; 2 rounds: 0.7975 against 0.7938; docs/results.md).
-`scratch`: the same architecture from random init, everything at the full LR, on the same data
+Every strategy that takes steps starts, with `head_init: probe`, from the encoder's converged
+linear probe as its head (LP-FT, Kumar et al. 2022): the steps then refine a classifier that is
+already right, instead of first fitting a random head through a distorting encoder. At 100 labels
+a class, `propagate`, seed 0: 0.8506 after 500 steps, where a random head needs 1,000 for 0.8523.
+`scratch`: the same architecture from random init (its head too: a converged probe of random
+features cost the twin 5 points in the same measurement), everything at the full LR, on the same data
 recipe as the chosen strategy (with the unlabeled pool when that is `semisup` or `propagate`:
 its graph then comes from the random encoder), so the gap between the two measures the
 pretraining and nothing else.
@@ -134,6 +139,9 @@ def train(
     pooled = p.strategy in POOLED and strategy in (p.strategy, SCRATCH)
     if pooled and (unlabeled is None or len(unlabeled) == 0):
         raise PrefineError(f"finetune.strategy = {p.strategy} needs unlabeled images (data/unlabeled is empty)")
+    if p.head_init == "probe" and strategy != SCRATCH:
+        probe_head(model, labeled, device)
+        print(f"{strategy}: the head starts as the encoder's converged linear probe", flush=True)
 
     def labeled_step(batch: Sequence[torch.Tensor], gen: torch.Generator) -> StepOutput:
         x = weak_view(to_float(batch[0]), p.shift, p.flip, gen)
