@@ -1,10 +1,10 @@
 """`finetune.strategy: auto` against every fixed recipe it considers, on the test split.
 
 In a project after `dvc repro` (its encoder and params): for each label budget and seed, the
-labeled subset ingest would pick (Pools.labeled) is fine-tuned with every recipe of
-prefine.training.auto.GRID at the project's finetune params, and auto chooses one of them by
-cross-validation on that subset alone. Auto's final model is the chosen recipe's fixed run (the
-same seeded call), so its test accuracy is read from that row. Usage:
+labeled subset ingest would pick (Pools.labeled) is fine-tuned with every strategy auto
+considers (prefine.training.auto.grid) at the project's finetune params, and auto chooses one of
+them by cross-validation on that subset alone. Auto's final model is the chosen strategy's fixed
+run (the same seeded call), so its test accuracy is read from that row. Usage:
 
     python benchmarks/auto.py PROJECT [--budgets 10,100] [--seeds 0]
 """
@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from prefine import params as params_mod  # noqa: E402
 from prefine import paths  # noqa: E402
 from prefine.data.ingest import read_pools  # noqa: E402
+from prefine.data.store import read_split  # noqa: E402
 from prefine.evaluate.metrics import predict  # noqa: E402
 from prefine.training import auto, finetuning  # noqa: E402
 from prefine.training import device as devices  # noqa: E402
@@ -41,25 +42,26 @@ def main() -> None:
     p = params.finetune.model_copy(update={"strategy": "auto"})
     pools = read_pools(params.ingest)
     test = pools.images(pools.test)
+    unlabeled = read_split(paths.UNLABELED_DIR)
     device = devices.pick()
     print(f"finetune steps {p.steps}, batch {p.batch_size}, {p.auto_folds} folds, budget {p.auto_budget}x; "
           f"test {len(test)} images")
-    print(f"{'labels/class':>12} {'seed':>4}  {'recipe':<42} {'test acc':>8} {'seconds':>8}")
+    print(f"{'labels/class':>12} {'seed':>4}  {'strategy':<20} {'test acc':>8} {'seconds':>8}")
     for budget in map(int, args.budgets.split(",")):
         for seed in map(int, args.seeds.split(",")):
             data = pools.images(pools.labeled(budget, seed))
             fixed = {}
-            for recipe in auto.GRID:
+            for strategy in auto.grid(unlabeled):
                 start = time.perf_counter()
-                q = recipe.params(p, p.steps)
-                model = finetuning.start(recipe.strategy, paths.ENCODER_FILE, len(data.classes), seed, q.unfreeze)
-                finetuning.train(model, data, q, recipe.strategy, seed, device)
-                fixed[recipe.name()] = (predict(model, test.images, device).cpu() == test.labels).float().mean().item()
-                print(f"{budget:>12} {seed:>4}  {recipe.name():<42} {fixed[recipe.name()]:>8.4f} "
+                q = p.model_copy(update={"strategy": strategy})
+                model = finetuning.start(strategy, paths.ENCODER_FILE, len(data.classes), seed, q.unfreeze)
+                finetuning.train(model, data, q, strategy, seed, device, unlabeled=unlabeled)
+                fixed[strategy] = (predict(model, test.images, device).cpu() == test.labels).float().mean().item()
+                print(f"{budget:>12} {seed:>4}  {strategy:<20} {fixed[strategy]:>8.4f} "
                       f"{time.perf_counter() - start:>8.1f}", flush=True)
-            _, record = auto.choose(paths.ENCODER_FILE, data, p, seed, device)
+            _, record = auto.choose(paths.ENCODER_FILE, data, p, seed, device, unlabeled=unlabeled)
             chosen = fixed[record["choice"]]
-            print(f"{budget:>12} {seed:>4}  {'auto -> ' + record['choice']:<42} {chosen:>8.4f} "
+            print(f"{budget:>12} {seed:>4}  {'auto -> ' + record['choice']:<20} {chosen:>8.4f} "
                   f"{record['seconds']:>8.1f}  (CV only)")
             print(f"{'':>18}best fixed {max(fixed.values()):.4f}, worst {min(fixed.values()):.4f}, "
                   f"auto - best {chosen - max(fixed.values()):+.4f}", flush=True)

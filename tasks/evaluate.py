@@ -105,7 +105,7 @@ def evaluate(params: Params) -> dict:
 
 
 def strategy_of(meta: dict) -> str:
-    """The fine-tuning strategy, or auto's choice: `auto -> full (encoder LR x0.1)`."""
+    """The fine-tuning strategy, or auto's choice: `auto -> propagate`."""
     return f"auto -> {meta['auto']['choice']}" if "auto" in meta else meta["strategy"]
 
 

@@ -19,15 +19,15 @@ from tasks.stage import run_stage
 def finetune(params: Params) -> None:
     p = params.finetune
     labeled = open_split(paths.LABELED_DIR)  # both read per batch: any label budget, any pool size
-    unlabeled = open_split(paths.UNLABELED_DIR) if p.strategy in finetuning.POOLED else None
+    unlabeled = open_split(paths.UNLABELED_DIR) if p.strategy in (*finetuning.POOLED, "auto") else None
     device = devices.pick()
     spec = weights.load(paths.ENCODER_FILE)[1]["spec"]
     print(f"finetune: {len(labeled)} labeled images, {p.steps} steps, device {device}", flush=True)
     init = Path(p.init) if p.init is not None else None
     start = init or paths.ENCODER_FILE  # the weights the pretrained run starts from
     chosen = None
-    if p.strategy == "auto":  # the scratch twin then trains as long as the chosen recipe
-        p, chosen = auto.choose(paths.ENCODER_FILE, labeled, p, params.seed, device, init)
+    if p.strategy == "auto":  # the scratch twin then follows the chosen strategy's recipe
+        p, chosen = auto.choose(paths.ENCODER_FILE, labeled, p, params.seed, device, init, unlabeled)
     runs = (("pretrained", p.strategy, paths.CLASSIFIER_FILE), ("scratch", SCRATCH, paths.SCRATCH_FILE))
     for name, strategy, target in runs:
         model = finetuning.start(strategy, paths.ENCODER_FILE, len(labeled.classes), params.seed, p.unfreeze, init)

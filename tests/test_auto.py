@@ -33,34 +33,41 @@ def _labeled(per_class: int) -> ImageSet:
     return ImageSet(torch.cat([dark, bright]), torch.tensor([0] * per_class + [1] * per_class), ["dark", "bright"])
 
 
-def test_choose_scores_every_recipe_on_held_out_folds_and_keeps_the_budget(tmp_path: Path, one_thread) -> None:
+def _encoder(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     encoder = tmp_path / "encoder.safetensors"
     spec = encoder_spec("conv", 1, 8, width=4)
     weights.save(encoder, build_encoder(spec), {"spec": spec})
-    p = FinetuneParams(strategy="auto", steps=30, batch_size=8, auto_folds=3, auto_budget=2.0)
-    chosen, record = auto.choose(encoder, _labeled(6), p, seed=0, device=torch.device("cpu"))
-    assert set(record["cv_accuracy"]) == {r.name() for r in auto.GRID}
+    return encoder
+
+
+@pytest.mark.parametrize("pool", [True, False])
+def test_choose_scores_every_strategy_on_held_out_folds_and_keeps_the_budget(tmp_path: Path, one_thread,
+                                                                            pool: bool) -> None:
+    unlabeled = _unlabeled(_labeled(20)) if pool else None
+    p = FinetuneParams(strategy="auto", steps=30, batch_size=8, mu=2, auto_folds=3, auto_budget=2.0)
+    chosen, record = auto.choose(_encoder(tmp_path), _labeled(6), p, seed=0, device=torch.device("cpu"),
+                                 unlabeled=unlabeled)
+    considered = ["linear", "partial", "full", "propagate"] if pool else ["linear", "partial", "full"]
+    assert list(record["cv_accuracy"]) == considered  # propagate only when there is a pool to propagate to
     assert all(0.0 <= s <= 1.0 for s in record["cv_accuracy"].values())
-    best = max(record["cv_accuracy"].values())
-    assert record["cv_accuracy"][record["choice"]] == best
-    assert record["folds"] == 3 and record["cv_steps"] == round(30 * 2.0 / (sum(r.cost for r in auto.GRID) * 3))
-    assert chosen.strategy in {"linear", "partial", "full"} and chosen.strategy != "auto"
-    assert (chosen.strategy, chosen.encoder_lr_scale) == (record["recipe"]["strategy"],
-                                                          record["recipe"]["encoder_lr_scale"])
-    assert chosen.steps == round(30 * record["recipe"]["steps_share"])
+    assert record["cv_accuracy"][record["choice"]] == max(record["cv_accuracy"].values())
+    units = 5 if pool else 2  # partial 1, full 1, propagate 1 + mu (a labeled batch and mu pool batches)
+    assert record["folds"] == 3 and record["cv_steps"] == round(30 * 2.0 / (units * 3))
+    assert chosen.strategy == record["choice"] and chosen.steps == 30
 
 
-def test_the_cv_budget_goes_to_the_recipes_that_take_steps() -> None:
-    assert auto.Recipe("linear").cost == 0.0 and auto.Recipe("full", 1.0, 0.5).cost == 0.5
-    assert sum(r.cost for r in auto.GRID) == 3.5  # partial, full x1, full x0.1, and full for half the steps
+def _unlabeled(data: ImageSet) -> ImageSet:
+    return ImageSet(data.images, torch.full((len(data),), -1), data.classes)
+
+
+def test_the_cv_budget_counts_the_images_each_step_trains() -> None:
+    assert [auto.cost(s, mu=3) for s in auto.GRID] == [0.0, 1.0, 1.0, 4.0]
 
 
 def test_one_label_per_class_cannot_be_cross_validated_and_says_so(tmp_path: Path) -> None:
-    encoder = tmp_path / "encoder.safetensors"
-    spec = encoder_spec("conv", 1, 8, width=4)
-    weights.save(encoder, build_encoder(spec), {"spec": spec})
-    chosen, record = auto.choose(encoder, _labeled(1), FinetuneParams(strategy="auto"), 0, torch.device("cpu"))
+    chosen, record = auto.choose(_encoder(tmp_path), _labeled(1), FinetuneParams(strategy="auto"), 0,
+                                 torch.device("cpu"))
     assert chosen.strategy == "full" and "too few to cross-validate" in record["reason"]
 
 

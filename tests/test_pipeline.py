@@ -71,9 +71,13 @@ def test_second_repro_changes_nothing(repo):
 
 
 def test_finetune_param_reruns_only_finetune_and_what_follows(repo):
-    apply(repo, None, ["finetune.lr=0.002"])
+    apply(repo, None, ["finetune.strategy=auto"])  # which also needs the pool: propagate is a candidate
     out = run_dvc(repo, "repro")
     assert ran(out) == ["finetune", "evaluate", "visualize"], out
+    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
+    cv = json.loads((repo / "metrics/evaluate_detail.json").read_text())["auto"]["cv_accuracy"]
+    assert list(cv) == ["linear", "partial", "full", "propagate"]
+    assert metrics["strategy"] == f"auto -> {max(cv, key=cv.get)}"
 
 
 def test_kill_9_during_pretraining_resumes_to_the_same_weights(repo):
