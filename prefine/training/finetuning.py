@@ -15,7 +15,7 @@ fits the propagated labels' errors as rounds go on (10 labels a class, seed 0, 4
 strong against 0.7894 weak; 2 rounds: 0.7975 against 0.7938; docs/results.md).
 Every strategy that takes steps starts, with `head_init: probe`, from the encoder's converged
 linear probe as its head (LP-FT, Kumar et al. 2022): the steps then refine a classifier that is
-already right, instead of first fitting a random head through a distorting encoder. At 100 labels
+already as good as the probe, instead of first fitting a random head through a distorting encoder. At 100 labels
 a class, `propagate`, seed 0: 0.8506 after 500 steps, where a random head needs 1,000 for 0.8523.
 `scratch`: the same architecture from random init (its head too: a converged probe of random
 features cost the twin 5 points in the same measurement), everything at the full LR, on the same data
