@@ -44,7 +44,7 @@ def main() -> None:
     test = pools.images(pools.test)
     unlabeled = read_split(paths.UNLABELED_DIR)
     device = devices.pick()
-    print(f"finetune steps {p.steps}, batch {p.batch_size}, {p.auto_folds} folds, budget {p.auto_budget}x; "
+    print(f"finetune steps {p.steps}, batch {p.batch_size}, {p.auto_folds} folds, budget {p.auto_budget}x (at most); "
           f"test {len(test)} images")
     print(f"{'labels/class':>12} {'seed':>4}  {'strategy':<20} {'test acc':>8} {'seconds':>8}")
     for budget in map(int, args.budgets.split(",")):
@@ -65,6 +65,8 @@ def main() -> None:
                   f"{record['seconds']:>8.1f}  (CV only)")
             print(f"{'':>18}best fixed {max(fixed.values()):.4f}, worst {min(fixed.values()):.4f}, "
                   f"auto - best {chosen - max(fixed.values()):+.4f}", flush=True)
+            cv = ", ".join(f"{s} {a:.4f} (gap se {record['cv_gap_se'][s]:.4f})" for s, a in record["cv_accuracy"].items())
+            print(f"{'':>18}held-out: {cv}; {record['cv_steps']} steps a fit", flush=True)
 
 
 if __name__ == "__main__":

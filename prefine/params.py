@@ -85,7 +85,7 @@ class FinetuneParams(_Section):
     init: str | None = None  # fine-tune from this weights file instead of the pretrained encoder
     head_init: Literal["probe", "random"] = "probe"  # the pretrained run's head: the converged probe (LP-FT), or random
     auto_folds: int = Field(3, ge=2, le=10)  # auto: cross-validation folds of the labeled budget
-    auto_budget: float = Field(3.0, gt=0.0, le=20.0)  # auto: all CV fits cost this many fine-tuning runs
+    auto_budget: float = Field(15.0, gt=0.0, le=50.0)  # auto: all CV fits cost at most this many fine-tuning runs
 
 
 class RegistryParams(_Section):
