@@ -18,7 +18,7 @@ import typer
 Sources = Annotated[list[Path], typer.Argument(
     help="Folders (recursively), CSV/Parquet manifests (a `path` column, relative to the manifest), "
          "image files, or prefine data splits (data/test).", metavar="SOURCE", show_default=False)]
-BatchSize = Annotated[Optional[int], typer.Option(min=1, help="Images per forward pass (default: by image size, 1,024 at 28 px, 16 at 224 px).")]
+BatchSize = Annotated[Optional[int], typer.Option(min=1, help="Images per forward pass (default: by image size and device: 128 at 28 px on a CPU, 1,024 on a GPU).")]
 RepoOption = Annotated[Path, typer.Option("--repo", "-r", help="The project whose registry resolves --model.")]
 
 

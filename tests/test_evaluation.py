@@ -60,8 +60,9 @@ def test_linear_probe_of_two_classes_and_of_one():
 
 
 def test_embed_batches_by_pixels_and_reads_a_split_on_disk(tmp_path):
-    assert [probe.batch_size_for(s) for s in ((5, 1, 28, 28), (3, 224, 224), (3, 96, 96), (1, 4096, 4096))] == [
-        1024, 16, 87, 1]
+    shapes = ((5, 1, 28, 28), (3, 224, 224), (3, 96, 96), (1, 4096, 4096))
+    assert [probe.batch_size_for(s, torch.device("cuda")) for s in shapes] == [1024, 16, 87, 1]
+    assert [probe.batch_size_for(s, CPU) for s in shapes] == [128, 2, 10, 1]
     images = torch.randint(0, 256, (50, 1, 6, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     manifest = pd.DataFrame({"sha256": store.content_hashes(images.numpy())})
     store.write_split(tmp_path / "split", store.ImageSet(images, torch.zeros(50, dtype=torch.long), ["a"]), manifest)

@@ -1,6 +1,7 @@
 import numpy as np
 import torch
 
+from prefine.evaluate import probe
 from prefine.evaluate.probe import knn_graph
 from prefine.models.nets import build_encoder
 from prefine.params import FinetuneParams
@@ -24,6 +25,26 @@ def test_knn_graph_finds_neighbours_in_the_same_blob_and_never_itself():
     assert not (index == torch.arange(100)[:, None]).any()
     assert (truth[index] == truth[:, None]).all()
     assert (sims[:, :-1] >= sims[:, 1:]).all()  # nearest first
+
+
+def test_a_large_graph_searches_a_projection_and_keeps_the_exact_neighbours_and_cosines(monkeypatch):
+    """Past EXACT_ROWS rows the graph's candidates come from the top principal directions; what it
+    returns must still be (nearly all) the exact neighbours, with their exact cosines. The rows,
+    as embeddings do, vary mostly along a few directions (here 48) and a little along all."""
+    gen = torch.Generator().manual_seed(0)
+    dims = probe.PROJECTED + 72
+    centres = torch.randn(40, 48, generator=gen) * 2
+    latent = centres[torch.arange(3000) % 40] + torch.randn(3000, 48, generator=gen)
+    z = latent @ torch.randn(48, dims, generator=gen) + 0.3 * torch.randn(3000, dims, generator=gen)
+    monkeypatch.setattr(probe, "EXACT_ROWS", 10**9)
+    exact, _ = knn_graph(z, k=10)
+    monkeypatch.setattr(probe, "EXACT_ROWS", 1000)
+    index, sims = knn_graph(z, k=10)
+    assert (exact[:, :, None] == index[:, None, :]).any(2).float().mean() > 0.98
+    unit = torch.nn.functional.normalize(z, dim=1)
+    assert torch.allclose(sims, (unit[:, None, :] * unit[index]).sum(2), atol=1e-5)
+    assert not (index == torch.arange(3000)[:, None]).any()
+    assert (sims[:, :-1] >= sims[:, 1:]).all()
 
 
 def test_one_label_a_blob_spreads_to_the_whole_blob():

@@ -45,9 +45,20 @@ class ConvEncoder(nn.Module):
         )
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(pool), nn.Flatten())
         self.dim = 4 * width * pool**2
+        # channels-last, the layout oneDNN convolves fastest: on a 2-core CPU 1.2x the images/s
+        # training and 1.9x embedding (benchmarks/cpu_layout.py); its state dict the usual layout
+        self.to(memory_format=torch.channels_last)
+        self.register_state_dict_post_hook(_usual_layout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.blocks(x))
+        return self.pool(self.blocks(x.contiguous(memory_format=torch.channels_last)))
+
+
+def _usual_layout(module: nn.Module, state: dict[str, Any], prefix: str, metadata: Any) -> None:
+    """A state dict in the layout safetensors, and anyone's save_file(model.state_dict()), expect."""
+    for key, value in state.items():
+        if key.startswith(prefix) and not isinstance(value, nn.Parameter):  # keep_vars asks for the params
+            state[key] = value.contiguous()
 
 
 class MLPEncoder(nn.Module):

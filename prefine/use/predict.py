@@ -73,10 +73,10 @@ def _load(loader: Callable[[Path], tuple[nn.Module, dict]], file: Path, kind: st
 def _run(net: nn.Module, spec: EncoderSpec, sources: list[Path], out: Path, batch_size: int | None,
          schema: pa.Schema, columns: Columns, progress: Progress | None) -> Summary:
     """Stream the inputs through `net` on the GPU when there is one, and the rows to parquet;
-    `batch_size` None: as many images as probe.batch_size_for their size (1,024 at 28 px, 16 at 224)."""
-    batch_size = batch_size or batch_size_for((spec["image_size"], spec["image_size"]))
-    total = inputs.count(sources, spec)
+    `batch_size` None: as many images as probe.batch_size_for their size on the device."""
     device = devices.pick()
+    batch_size = batch_size or batch_size_for((spec["image_size"], spec["image_size"]), device)
+    total = inputs.count(sources, spec)
     net.to(device)
     done = failed = 0
     with atomic_path(Path(out)) as tmp, pq.ParquetWriter(tmp, schema) as writer:
