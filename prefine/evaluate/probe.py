@@ -17,7 +17,7 @@ from prefine.models.nets import Classifier, to_float
 from prefine.training.device import autocast
 
 # pixels an embedding batch holds: on a GPU 1,024 Fashion-MNIST images (16 at 224 px); on a CPU 128,
-# whose activations stay in its caches: 2x the images/s of 1,024 on a 2-core host (docs/results.md)
+# whose activations stay in its caches: 2.3x the images/s of 1,024 on a 2-core host (docs/results.md)
 BATCH_PIXELS = {"cuda": 1024 * 28 * 28, "cpu": 128 * 28 * 28}
 PROBE_C = 0.1  # inverse L2 strength on standardised embeddings: at 100/class 1 point above C = 1
 PROBE_MAX_ITER = 2000  # L-BFGS iterations; 1,000 embeddings of 512 numbers converge in a few hundred
@@ -70,7 +70,7 @@ def knn_graph(embeddings: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     z = F.normalize(embeddings, dim=1)
     k = min(k, len(z) - 1)
     projected = len(z) > EXACT_ROWS and z.shape[1] > PROJECTED
-    search, found = (_principal(z), min(CANDIDATES, len(z) - 1)) if projected else (z, k)
+    search, found = (_principal(z), CANDIDATES) if projected else (z, k)
     index = torch.empty(len(z), k, dtype=torch.long, device=z.device)
     sims = torch.empty(len(z), k, device=z.device)
     # one block, reused: a fresh 1 GB for each costs its page faults (+15% time on a 2-core CPU)

@@ -45,8 +45,8 @@ class ConvEncoder(nn.Module):
         )
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(pool), nn.Flatten())
         self.dim = 4 * width * pool**2
-        # channels-last, the layout oneDNN convolves fastest: on a 2-core CPU 1.2x the images/s
-        # training and 1.9x embedding (benchmarks/cpu_layout.py); its state dict the usual layout
+        # channels-last, the layout oneDNN convolves fastest: on a 2-core CPU 1.6-2x the images/s,
+        # training and embedding (benchmarks/cpu_layout.py); its state dict keeps the usual layout
         self.to(memory_format=torch.channels_last)
         self.register_state_dict_post_hook(_usual_layout)
 
