@@ -118,5 +118,6 @@ def main() -> None:
         took = seconds(lambda: knn_graph(z, 10))
         print(f"| {name} | {took:.1f} | {fresh / took:.2f} |", flush=True)
 
+
 if __name__ == "__main__":
     main()

@@ -73,7 +73,7 @@ def knn_graph(embeddings: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     search, found = (_principal(z), CANDIDATES) if projected else (z, k)
     index = torch.empty(len(z), k, dtype=torch.long, device=z.device)
     sims = torch.empty(len(z), k, device=z.device)
-    # one block, reused: a fresh 1 GB for each costs its page faults (+15% time on a 2-core CPU)
+    # one block, reused: a fresh 1 GB for each costs its page faults (+20% time on a 2-core CPU)
     block = torch.empty(min(KNN_ROWS, len(z)), len(z), dtype=z.dtype, device=z.device)
     for start in range(0, len(z), KNN_ROWS):
         rows = slice(start, start + KNN_ROWS)
