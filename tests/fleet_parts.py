@@ -46,6 +46,14 @@ def wait_for(predicate: Callable, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def settled(read: Callable[[], list], count: int, timeout: float = 60) -> list:
+    """`read()`'s task runs once there are `count` of them, each in a final state. Prefect 3's
+    server records a task run's states from the events its engine emits, after its flow run's own
+    state: read at once, a finished run's task may still show Running (a CI run saw that)."""
+    return wait_for(lambda: (runs := read()) and len(runs) == count and all(r.state.is_final() for r in runs)
+                    and runs, timeout, f"{count} task runs in final states")
+
+
 def _answers(url: str) -> bool:
     try:
         urllib.request.urlopen(url, timeout=2).close()

@@ -24,7 +24,7 @@ from filelock import FileLock
 import yaml
 from fleet_parts import (
     KEYS, PREFINE, Origin, Storage, client, deploy, lose_host, make_origin, prefect_server, run_all, seaweedfs,
-    wait_for, workers,
+    settled, wait_for, workers,
 )
 from prefect.client.schemas.filters import (
     FlowFilter, FlowFilterName, FlowRunFilter,
@@ -185,14 +185,6 @@ def _training_tasks(api: dict[str, str], flow_runs: list) -> list:
             task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["pretrain", "finetune"])))
 
 
-def _settled_training_tasks(api: dict[str, str], flow_runs: list) -> list:
-    """The finished runs' pretrain and finetune task runs once the server holds their final
-    states: those reach it as events, recorded after the flow run's own state (a CI run read a
-    task run not yet final)."""
-    return wait_for(lambda: (tasks := _training_tasks(api, flow_runs)) and len(tasks) == 2 * len(flow_runs)
-                    and all(t.state.is_final() for t in tasks) and tasks, 60, "the training task runs' final states")
-
-
 def _ran_on(logs: list[Path], run_id: UUID) -> list[str]:
     """The workers whose output holds the flow run's own log (a worker may try to take a run
     another one took first: the server aborts that submission)."""
@@ -209,7 +201,7 @@ def test_runs_fan_out_and_a_fresh_clone_gets_their_models_and_the_prod_version(
     version."""
     first = run_all(api, [{"overrides": [f"finetune.lr={lr}"], "register_model": True} for lr in (0.003, 0.001)])
     assert sorted(_ran_on(fleet, r.id) for r in first) == [["worker-1"], ["worker-2"]]
-    tasks = _settled_training_tasks(api, first)
+    tasks = settled(lambda: _training_tasks(api, first), 4)
     assert len(tasks) == 4 and all(t.state.name == "Completed" and "device:cpu" in t.tags for t in tasks)
     for a, b in combinations(tasks, 2):
         if a.flow_run_id != b.flow_run_id:
@@ -222,7 +214,7 @@ def test_runs_fan_out_and_a_fresh_clone_gets_their_models_and_the_prod_version(
     git(tmp_path, "clone", "-q", origin.url, str(clone))
     last = yaml.safe_load((clone / "params.yaml").read_text())["finetune"]["lr"]
     again = run_all(api, [{"overrides": [f"finetune.lr={last}"]}])
-    assert {t.state.name for t in _settled_training_tasks(api, again)} == {"Skipped"}
+    assert {t.state.name for t in settled(lambda: _training_tasks(api, again), 2)} == {"Skipped"}
     retrained = run_all(api, [{}], deployment="retrain/prefine-retrain")
     assert retrained[0].state.message.startswith("data unchanged"), retrained[0].state.message
 
@@ -279,7 +271,7 @@ def test_a_study_fans_its_cells_out_over_the_workers_and_a_rerun_trains_nothing(
     # pretraining would be in the run-cache had they run first; the lost-host test's are seed 3)
     assert len(cells) == 4 and all(c.state.name == "Completed" for c in cells)
     assert {w for c in cells for w in _ran_on(fleet, c.id)} == {"worker-1", "worker-2"}
-    tasks = _settled_training_tasks(api, cells)
+    tasks = settled(lambda: _training_tasks(api, cells), 8)
     for a, b in combinations([t for t in tasks if t.state.name == "Completed"], 2):
         if a.flow_run_id != b.flow_run_id:
             assert a.end_time <= b.start_time or b.end_time <= a.start_time, (a.name, b.name)

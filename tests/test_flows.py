@@ -20,7 +20,7 @@ from pathlib import Path
 from uuid import UUID
 
 import faults
-from fleet_parts import wait_for as _wait
+from fleet_parts import settled, wait_for as _wait
 import pytest
 import yaml
 from prefect import get_client
@@ -92,6 +92,7 @@ def first_training(project: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     with get_client(sync_client=True) as client:
         flow_runs = [f.id for f in client.read_flow_runs() if f.name in "".join(outputs)]
     assert len(flow_runs) == 2
+    settled(lambda: _task_runs(flow_runs, training_only=True), 4)  # the tests below read their states
     return {"flow_runs": flow_runs, "marker": marker}
 
 
@@ -197,8 +198,8 @@ def test_concurrent_runs_with_different_overrides_each_train_what_they_asked(pro
     with get_client(sync_client=True) as client:
         flow_runs = {steps: [f.id for f in client.read_flow_runs() if f.name in out] for steps, out in outputs.items()}
     for steps, ids in flow_runs.items():
-        finetune = [t for t in _task_runs(ids) if t.name == "finetune"]
-        assert len(finetune) == 1 and finetune[0].state.name == "Completed", steps
+        finetune = settled(lambda: [t for t in _task_runs(ids) if t.name == "finetune"], 1)
+        assert finetune[0].state.name == "Completed", steps
         logs = _wait(lambda: (text := _logs([finetune[0].id])) and "steps, device" in text and text, 10, "logs")
         assert f"labeled images, {steps} steps" in logs
     before.restore()  # back to where this test found the project (unregistered runs leave it changed)
